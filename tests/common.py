@@ -1,0 +1,269 @@
+"""The generic model test class: every hf_vit model class and every architecture variant runs through it.
+
+A test module subclasses `ModelTesterMixin` and sets:
+- `model_class`: the class under test;
+- `variants`: name -> ViTConfig overrides (on top of `TINY`); every test runs once per variant;
+- capability flags where a class differs (e.g. `has_labels`).
+"""
+
+import copy
+
+import pytest
+import torch
+
+from hf_vit import ViTConfig
+
+
+# Tiny on purpose: the whole suite has to run in minutes on 2 CPU cores.
+TINY = dict(
+    image_size=32,
+    patch_size=8,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    num_labels=3,
+)
+
+
+def make_config(variant=None, **overrides) -> ViTConfig:
+    return ViTConfig(**{**TINY, **(variant or {}), **overrides})
+
+
+def pixel_values_for(config, batch_size=2, size=None, seed=0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    height, width = size if size is not None else config.image_hw
+    return torch.randn(batch_size, config.num_channels, height, width, generator=generator)
+
+
+def first_tensor(output) -> torch.Tensor:
+    """The main output of any hf_vit model: logits for heads, last_hidden_state for the bare model."""
+    return output.logits if hasattr(output, "logits") else output.last_hidden_state
+
+
+def labels_for(config, batch_size=2, seed=0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, config.num_labels, (batch_size,), generator=generator)
+
+
+class ModelTesterMixin:
+    model_class = None
+    variants = {"default": {}}
+    has_labels = True
+    # Tolerances: fp32 on CPU, different kernels (fused sdpa vs explicit softmax) agree to ~1e-6 at this size.
+    atol = 1e-5
+
+    # ---- helpers --------------------------------------------------------------------------------------------------
+
+    def build(self, variant, **overrides):
+        config = make_config(variant, **overrides)
+        torch.manual_seed(0)
+        model = self.model_class(config)
+        self._perturb(model)
+        return model.eval()
+
+    @staticmethod
+    def _perturb(model):
+        # Zero-initialised parts (class token, head) would hide bugs (an all-zero head makes every logit equal):
+        # move every parameter off its initial value.
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(torch.randn_like(param) * 0.02)
+
+    def forward(self, model, pixel_values, **kwargs):
+        return model(pixel_values, **kwargs)
+
+    def loss_of(self, model, pixel_values, config):
+        if self.has_labels:
+            return self.forward(model, pixel_values, labels=labels_for(config, pixel_values.shape[0])).loss
+        out = self.forward(model, pixel_values)
+        loss = first_tensor(out).pow(2).mean()
+        if getattr(out, "pooler_output", None) is not None:
+            loss = loss + out.pooler_output.pow(2).mean()
+        return loss
+
+    # ---- tests ----------------------------------------------------------------------------------------------------
+
+    def test_output_shapes(self, variant):
+        model = self.build(variant)
+        config = model.config
+        pixel_values = pixel_values_for(config, batch_size=3)
+        with torch.no_grad():
+            out = self.forward(model, pixel_values)
+        main = first_tensor(out)
+        if hasattr(out, "logits"):
+            assert main.shape == (3, config.num_labels)
+        else:
+            assert main.shape == (3, config.num_prefix_tokens + config.num_patches, config.hidden_size)
+            width = config.representation_size or config.hidden_size
+            assert out.pooler_output.shape == (3, width)
+        assert torch.isfinite(main).all()
+
+    def test_backward_reaches_every_parameter(self, variant):
+        model = self.build(variant).train()
+        config = model.config
+        loss = self.loss_of(model, pixel_values_for(config), config)
+        loss.backward()
+        missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+        assert not missing, f"no gradient reaches {missing}"
+
+    def test_save_load_round_trip(self, variant, tmp_path):
+        model = self.build(variant)
+        pixel_values = pixel_values_for(model.config)
+        model.save_pretrained(tmp_path)
+        assert (tmp_path / "model.safetensors").exists() and not (tmp_path / "pytorch_model.bin").exists()
+        reloaded = self.model_class.from_pretrained(tmp_path).eval()
+        assert reloaded.config.to_diff_dict() == model.config.to_diff_dict()
+        with torch.no_grad():
+            torch.testing.assert_close(first_tensor(self.forward(reloaded, pixel_values)), first_tensor(self.forward(model, pixel_values)), rtol=0, atol=0)
+
+    def test_eval_is_deterministic(self, variant):
+        model = self.build(variant, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+        pixel_values = pixel_values_for(model.config)
+        with torch.no_grad():
+            a = first_tensor(self.forward(model, pixel_values))
+            b = first_tensor(self.forward(model, pixel_values))
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        # ... and dropout is live in training mode (so the check above could have failed).
+        model.train()
+        with torch.no_grad():
+            c = first_tensor(self.forward(model, pixel_values))
+        assert not torch.equal(a, c)
+
+    def test_batch_independence(self, variant):
+        model = self.build(variant)
+        pixel_values = pixel_values_for(model.config, batch_size=4)
+        with torch.no_grad():
+            batched = first_tensor(self.forward(model, pixel_values))
+            single = torch.cat([first_tensor(self.forward(model, pixel_values[i : i + 1])) for i in range(4)])
+        torch.testing.assert_close(batched, single, rtol=1e-5, atol=self.atol)
+
+    def test_hidden_states_and_attentions(self, variant):
+        model = self.build(variant)
+        config = model.config
+        tokens = config.num_prefix_tokens + config.num_patches
+        with torch.no_grad():
+            out = self.forward(model, pixel_values_for(config), output_hidden_states=True, output_attentions=True)
+        assert len(out.hidden_states) == config.num_hidden_layers + 1
+        assert all(h.shape == (2, tokens, config.hidden_size) for h in out.hidden_states)
+        assert len(out.attentions) == config.num_hidden_layers
+        for weights in out.attentions:
+            assert weights.shape == (2, config.num_attention_heads, tokens, tokens)
+            torch.testing.assert_close(weights.sum(-1), torch.ones(2, config.num_attention_heads, tokens))
+        with torch.no_grad():
+            plain = self.forward(model, pixel_values_for(config))
+        assert plain.hidden_states is None and plain.attentions is None
+
+    @pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+    def test_attentions_are_real_whatever_the_backend(self, variant, implementation):
+        model = self.build(variant)
+        model.set_attn_implementation(implementation)
+        pixel_values = pixel_values_for(model.config)
+        with torch.no_grad():
+            out = self.forward(model, pixel_values, output_attentions=True)
+            reference = self.build(variant)
+            reference.set_attn_implementation("eager")
+            expected = self.forward(reference, pixel_values, output_attentions=True)
+        assert len(out.attentions) == model.config.num_hidden_layers
+        for got, want in zip(out.attentions, expected.attentions):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+    def test_attention_backends_agree(self, variant):
+        pixel_values = pixel_values_for(make_config(variant))
+        outputs = {}
+        for implementation in ("eager", "sdpa"):
+            model = self.build(variant)
+            model.set_attn_implementation(implementation)
+            assert model.config._attn_implementation == implementation
+            with torch.no_grad():
+                outputs[implementation] = first_tensor(self.forward(model, pixel_values))
+        torch.testing.assert_close(outputs["eager"], outputs["sdpa"], rtol=1e-5, atol=self.atol)
+
+    def test_gradient_checkpointing_parity(self, variant):
+        config = make_config(variant)
+        pixel_values = pixel_values_for(config)
+        grads = []
+        for checkpointing in (False, True):
+            model = self.build(variant).train()
+            if checkpointing:
+                model.activation_checkpointing_enable()
+                assert all(layer.gradient_checkpointing for layer in model.base_model.encoder.layers)
+            loss = self.loss_of(model, pixel_values, config)
+            loss.backward()
+            grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        assert grads[0].keys() == grads[1].keys()
+        for name in grads[0]:
+            torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-6, msg=name)
+
+    def test_position_embedding_interpolation(self, variant):
+        model = self.build(variant)
+        config = model.config
+        ph, pw = config.patch_hw
+        height, width = config.image_hw
+        # Same size with the flag: exactly the plain forward.
+        same = pixel_values_for(config)
+        with torch.no_grad():
+            torch.testing.assert_close(
+                first_tensor(self.forward(model, same, interpolate_pos_encoding=True)), first_tensor(self.forward(model, same)), rtol=0, atol=0
+            )
+        # Larger and non-square input: needs the flag, then works.
+        bigger = pixel_values_for(config, size=(height + 2 * ph, width + pw))
+        with pytest.raises(ValueError, match="interpolate_pos_encoding=True"):
+            self.forward(model, bigger)
+        with torch.no_grad():
+            out = first_tensor(self.forward(model, bigger, interpolate_pos_encoding=True))
+        assert torch.isfinite(out).all()
+        # Not a multiple of the patch: a clear error either way.
+        with pytest.raises(ValueError, match="divisible by the patch size"):
+            self.forward(model, pixel_values_for(config, size=(height + 1, width)), interpolate_pos_encoding=True)
+
+    def test_resize_position_embeddings_persists(self, variant, tmp_path):
+        model = self.build(variant)
+        config = model.config
+        ph, pw = config.patch_hw
+        new_size = (config.image_hw[0] + 2 * ph, config.image_hw[1] + 2 * pw)
+        pixel_values = pixel_values_for(config, size=new_size)
+        with torch.no_grad():
+            on_the_fly = first_tensor(self.forward(model, pixel_values, interpolate_pos_encoding=True))
+        model.resize_position_embeddings(new_size)
+        assert tuple(model.config.image_hw) == new_size
+        with torch.no_grad():
+            resized = first_tensor(self.forward(model, pixel_values))
+        torch.testing.assert_close(resized, on_the_fly, rtol=0, atol=0)
+        model.save_pretrained(tmp_path)
+        reloaded = self.model_class.from_pretrained(tmp_path).eval()
+        assert tuple(reloaded.config.image_hw) == new_size
+        with torch.no_grad():
+            torch.testing.assert_close(first_tensor(self.forward(reloaded, pixel_values)), resized, rtol=0, atol=0)
+
+    def test_bf16_forward(self, variant, tmp_path):
+        model = self.build(variant)
+        model.save_pretrained(tmp_path)
+        half = self.model_class.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+        assert all(p.dtype == torch.bfloat16 for p in half.parameters())
+        pixel_values = pixel_values_for(model.config)
+        with torch.no_grad():
+            got = first_tensor(self.forward(half, pixel_values)).float()
+            want = first_tensor(self.forward(model, pixel_values))
+        assert torch.isfinite(got).all()
+        # bf16 keeps ~3 significant digits; through 2 tiny layers the error stays well under 5% of the scale.
+        assert (got - want).abs().max() <= 0.05 * want.abs().max() + 1e-2
+
+    def test_return_dict_false_gives_tuple(self, variant):
+        model = self.build(variant)
+        pixel_values = pixel_values_for(model.config)
+        with torch.no_grad():
+            as_tuple = self.forward(model, pixel_values, return_dict=False)
+            as_output = self.forward(model, pixel_values)
+        assert isinstance(as_tuple, tuple)
+        torch.testing.assert_close(as_tuple[0], first_tensor(as_output), rtol=0, atol=0)
+
+    def test_rebuilds_from_a_config_copy(self, variant):
+        # The config is the only thing the model reads: a copy of it rebuilds a model the weights load into exactly.
+        model = self.build(variant)
+        config = copy.deepcopy(model.config)
+        rebuilt = self.model_class(config).eval()
+        rebuilt.load_state_dict(model.state_dict())
+        pixel_values = pixel_values_for(config)
+        with torch.no_grad():
+            torch.testing.assert_close(first_tensor(self.forward(rebuilt, pixel_values)), first_tensor(self.forward(model, pixel_values)), rtol=0, atol=0)

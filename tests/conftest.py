@@ -1,0 +1,24 @@
+"""Test setup: no network, deterministic seeds, a variant-parametrisation hook for the generic model tests."""
+
+import os
+
+# Tests never need the Hub: every Hub call fails at once instead of retrying for seconds.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+def pytest_generate_tests(metafunc):
+    # Generic model tests take a `variant` argument: one run per entry of the test class's `variants` table.
+    if "variant" in metafunc.fixturenames and metafunc.cls is not None:
+        variants = getattr(metafunc.cls, "variants", {"default": {}})
+        metafunc.parametrize("variant", list(variants.values()), ids=list(variants.keys()))

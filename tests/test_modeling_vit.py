@@ -1,0 +1,209 @@
+"""ViTModel and ViTForImageClassification through the generic suite, plus what is unique to them."""
+
+import math
+
+import pytest
+import torch
+
+from hf_vit import ViTConfig, ViTForImageClassification, ViTModel
+from hf_vit.modeling_hf_vit import resample_position_embeddings
+
+from .common import ModelTesterMixin, labels_for, make_config, pixel_values_for
+
+
+# Every architecture option of the core model; each runs the whole generic suite.
+VARIANTS = {
+    "default": {},
+    "gap": {"pooling": "gap"},
+    "gap_with_class_token": {"pooling": "gap", "use_class_token": True},
+    "pre_logits": {"representation_size": 24},
+    "no_qkv_bias": {"qkv_bias": False},
+    "non_square": {"image_size": [32, 48], "patch_size": [8, 16]},
+    "exact_gelu": {"hidden_act": "gelu", "layer_norm_eps": 1e-12},
+    "bicubic_resampling": {"position_embedding_interpolation": "bicubic", "position_embedding_align_corners": False},
+}
+
+
+class TestViTModel(ModelTesterMixin):
+    model_class = ViTModel
+    variants = VARIANTS
+    has_labels = False
+
+
+class TestViTForImageClassification(ModelTesterMixin):
+    model_class = ViTForImageClassification
+    variants = VARIANTS
+
+
+# ---- the head and the losses ---------------------------------------------------------------------------------------
+
+
+def test_fine_tuning_head_starts_at_zero_and_pretraining_head_has_tanh_pre_logits():
+    model = ViTForImageClassification(make_config())
+    assert model.classifier.weight.abs().sum() == 0 and model.classifier.bias.abs().sum() == 0
+    assert model.vit.pooler.dense is None
+
+    model = ViTForImageClassification(make_config(representation_size=24, head_zero_init=False))
+    assert model.vit.pooler.dense.out_features == 24 and model.classifier.in_features == 24
+    assert model.classifier.weight.abs().sum() > 0
+    with torch.no_grad():
+        pooled = model.vit(pixel_values_for(model.config)).pooler_output
+    assert pooled.abs().max() <= 1.0  # tanh range
+
+
+@pytest.mark.parametrize(
+    "problem_type, num_labels, make_labels, reference",
+    [
+        ("single_label_classification", 3, lambda: torch.tensor([0, 2]), torch.nn.functional.cross_entropy),
+        ("multi_label_classification", 3, lambda: torch.tensor([[1.0, 0, 1], [0, 1, 0]]), torch.nn.functional.binary_cross_entropy_with_logits),
+        ("regression", 1, lambda: torch.tensor([0.5, -1.0]), lambda logits, y: torch.nn.functional.mse_loss(logits.squeeze(-1), y)),
+    ],
+)
+def test_losses_follow_problem_type(problem_type, num_labels, make_labels, reference):
+    model = ViTForImageClassification(make_config(num_labels=num_labels, problem_type=problem_type, head_zero_init=False)).eval()
+    labels = make_labels()
+    out = model(pixel_values_for(model.config), labels=labels)
+    torch.testing.assert_close(out.loss, reference(out.logits, labels))
+
+
+def test_problem_type_is_inferred_from_labels():
+    model = ViTForImageClassification(make_config(head_zero_init=False))
+    model(pixel_values_for(model.config), labels=labels_for(model.config))
+    assert model.config.problem_type == "single_label_classification"
+
+
+# ---- embeddings and attention --------------------------------------------------------------------------------------
+
+
+def test_class_token_and_gap_token_counts():
+    with_cls = ViTModel(make_config())
+    without = ViTModel(make_config(pooling="gap"))
+    assert with_cls.embeddings.position_embeddings.shape[1] == 1 + 16
+    assert without.embeddings.cls_token is None and without.embeddings.position_embeddings.shape[1] == 16
+
+
+def test_gap_averages_patch_tokens_after_the_final_layernorm():
+    model = ViTModel(make_config(pooling="gap", use_class_token=True)).eval()
+    with torch.no_grad():
+        out = model(pixel_values_for(model.config))
+    torch.testing.assert_close(out.pooler_output, out.last_hidden_state[:, 1:].mean(1))
+
+
+def test_hidden_states_are_before_the_final_layernorm():
+    model = ViTModel(make_config()).eval()
+    with torch.no_grad():
+        out = model(pixel_values_for(model.config), output_hidden_states=True)
+    torch.testing.assert_close(model.layernorm(out.hidden_states[-1]), out.last_hidden_state)
+
+
+def test_patch_embedding_is_a_linear_map_of_flattened_patches():
+    # The paper's E: x_p (P*P*C) -> D. The conv must equal flattening each patch and multiplying.
+    model = ViTModel(make_config()).eval()
+    pixel_values = pixel_values_for(model.config, batch_size=1)
+    conv = model.embeddings.patch_embeddings.projection
+    patches = pixel_values.unfold(2, 8, 8).unfold(3, 8, 8)  # (1, C, 4, 4, 8, 8)
+    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(1, 16, -1)
+    expected = patches @ conv.weight.reshape(conv.out_channels, -1).T + conv.bias
+    got, grid = model.embeddings.embed_patches(pixel_values)
+    assert grid == (4, 4)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_inputs_get_clear_errors():
+    model = ViTModel(make_config()).eval()
+    with pytest.raises(ValueError, match="pixel_values"):
+        model(None)
+    with pytest.raises(ValueError, match="has 1 channels but the model's `num_channels` is 3"):
+        model(torch.randn(1, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"shape \(batch, channels, height, width\)"):
+        model(torch.randn(3, 32, 32))
+
+
+# ---- position embeddings -------------------------------------------------------------------------------------------
+
+
+def test_resampling_keeps_the_class_token_row_and_matches_the_reference_on_a_linear_ramp():
+    # Bilinear with aligned corners reproduces a linear function of the grid coordinates exactly: sample
+    # f(r, c) = r + 10c on a 4x4 grid and resample to 7x7, the reference code's zoom(order=1) does the same.
+    rows, cols = torch.meshgrid(torch.arange(4.0), torch.arange(4.0), indexing="ij")
+    grid = (rows + 10 * cols).reshape(1, 16, 1)
+    posemb = torch.cat([torch.tensor([[[42.0]]]), grid], dim=1)
+    out = resample_position_embeddings(posemb, (4, 4), (7, 7), num_prefix_tokens=1)
+    assert out.shape == (1, 50, 1) and out[0, 0, 0] == 42.0
+    new_rows, new_cols = torch.meshgrid(torch.linspace(0, 3, 7), torch.linspace(0, 3, 7), indexing="ij")
+    torch.testing.assert_close(out[0, 1:, 0], (new_rows + 10 * new_cols).reshape(-1))
+    # timm's half-pixel resampling differs from it (so the option matters).
+    timm_style = resample_position_embeddings(posemb, (4, 4), (7, 7), num_prefix_tokens=1, align_corners=False)
+    assert not torch.allclose(timm_style, out)
+
+
+def test_resampling_matches_scipy_zoom_order_1():
+    scipy_ndimage = pytest.importorskip("scipy.ndimage")
+    generator = torch.Generator().manual_seed(0)
+    grid = torch.randn(1, 5 * 5, 3, generator=generator)
+    ours = resample_position_embeddings(grid, (5, 5), (9, 12), num_prefix_tokens=0)
+    # The reference code: scipy.ndimage.zoom(posemb_grid, (gh/gs, gw/gs, 1), order=1)
+    ref = scipy_ndimage.zoom(grid.reshape(5, 5, 3).double().numpy(), (9 / 5, 12 / 5, 1), order=1)
+    torch.testing.assert_close(ours.reshape(9, 12, 3).double(), torch.from_numpy(ref), rtol=1e-5, atol=1e-5)
+
+
+def test_resize_rejects_sizes_that_are_not_patch_multiples():
+    model = ViTModel(make_config())
+    with pytest.raises(ValueError, match="divisible by the patch size"):
+        model.resize_position_embeddings(36)
+
+
+# ---- initialisation ------------------------------------------------------------------------------------------------
+
+
+def test_reference_initialisation():
+    config = ViTConfig.from_variant("S/16", num_hidden_layers=2, image_size=64, num_labels=5, representation_size=384)
+    model = ViTForImageClassification(config)
+    d = config.hidden_size
+    layer = model.vit.encoder.layers[0]
+    # q, k, v are separate D x D xavier-uniform kernels in the reference: std = sqrt(2 / (D + D)).
+    expected = math.sqrt(2.0 / (d + d))
+    for part in layer.attention.qkv.weight.chunk(3):
+        assert abs(part.std().item() / expected - 1) < 0.03
+    assert layer.attention.qkv.weight.abs().max() <= math.sqrt(6.0 / (2 * d)) + 1e-6
+    # MLP: xavier-uniform kernels, biases ~ N(0, 1e-6).
+    expected = math.sqrt(2.0 / (d + config.intermediate_size))
+    assert abs(layer.mlp.fc1.weight.std().item() / expected - 1) < 0.03
+    assert 0 < layer.mlp.fc1.bias.abs().max() < 1e-5
+    # Patch embedding and pre-logits: lecun normal (std sqrt(1/fan_in)), truncated at 2 std.
+    conv = model.vit.embeddings.patch_embeddings.projection.weight
+    fan_in = conv[0].numel()
+    assert abs(conv.std().item() / math.sqrt(1.0 / fan_in) - 1) < 0.05
+    assert conv.abs().max() <= 2 * math.sqrt(1.0 / fan_in) / 0.87962566103423978 + 1e-6
+    pre_logits = model.vit.pooler.dense.weight
+    assert abs(pre_logits.std().item() / math.sqrt(1.0 / d) - 1) < 0.05
+    # Position embeddings N(0, 0.02); class token and head zero; LayerNorm ones/zeros.
+    assert abs(model.vit.embeddings.position_embeddings.std().item() / 0.02 - 1) < 0.05
+    assert model.vit.embeddings.cls_token.abs().sum() == 0
+    assert model.classifier.weight.abs().sum() == 0
+    assert torch.equal(layer.layernorm_before.weight, torch.ones(d))
+
+
+def test_loaded_weights_are_not_reinitialised(tmp_path):
+    model = ViTForImageClassification(make_config())
+    with torch.no_grad():
+        model.classifier.weight.fill_(0.5)
+    model.save_pretrained(tmp_path)
+    reloaded = ViTForImageClassification.from_pretrained(tmp_path)
+    assert torch.all(reloaded.classifier.weight == 0.5)
+
+
+# ---- training hints ------------------------------------------------------------------------------------------------
+
+
+def test_declarative_training_hints():
+    model = ViTForImageClassification(make_config(representation_size=16))
+    no_decay = model.no_weight_decay_parameter_names()
+    assert "vit.embeddings.position_embeddings" in no_decay and "vit.embeddings.cls_token" in no_decay
+    assert "vit.encoder.layers.0.layernorm_before.weight" in no_decay and "classifier.bias" in no_decay
+    assert "vit.encoder.layers.0.attention.qkv.weight" not in no_decay and "classifier.weight" not in no_decay
+    ids = model.parameter_layer_ids()
+    assert ids["vit.embeddings.patch_embeddings.projection.weight"] == 0
+    assert ids["vit.encoder.layers.1.mlp.fc2.weight"] == 2
+    assert ids["classifier.weight"] == 3 and ids["vit.layernorm.weight"] == 3
+    assert set(ids) == {n for n, _ in model.named_parameters()}
