@@ -207,3 +207,35 @@ def test_declarative_training_hints():
     assert ids["vit.encoder.layers.1.mlp.fc2.weight"] == 2
     assert ids["classifier.weight"] == 3 and ids["vit.layernorm.weight"] == 3
     assert set(ids) == {n for n, _ in model.named_parameters()}
+
+
+# ---- other attention backends --------------------------------------------------------------------------------------
+
+
+@pytest.mark.flex
+def test_flex_attention_inference_agrees_with_sdpa():
+    # Flex attention compiles per input shape (tens of seconds on CPU) and has no CPU backward: inference only.
+    model = ViTForImageClassification(make_config(head_zero_init=False)).eval()
+    pixel_values = pixel_values_for(model.config)
+    with torch.no_grad():
+        expected = model(pixel_values).logits
+        model.set_attn_implementation("flex_attention")
+        assert model.config._attn_implementation == "flex_attention"
+        got = model(pixel_values)
+        with_weights = model(pixel_values, output_attentions=True)
+    torch.testing.assert_close(got.logits, expected, rtol=1e-5, atol=1e-5)
+    assert len(with_weights.attentions) == model.config.num_hidden_layers
+
+
+def test_flash_attention_where_installed():
+    from transformers.utils import is_flash_attn_2_available
+
+    if not is_flash_attn_2_available():
+        pytest.skip("flash-attn is not installed (it needs a CUDA GPU); the backend is declared, not exercised here")
+    model = ViTForImageClassification(make_config(head_zero_init=False)).eval().cuda().half()
+    pixel_values = pixel_values_for(model.config).cuda().half()
+    with torch.no_grad():
+        expected = model(pixel_values).logits
+        model.set_attn_implementation("flash_attention_2")
+        got = model(pixel_values).logits
+    torch.testing.assert_close(got, expected, rtol=1e-2, atol=1e-2)

@@ -1,0 +1,270 @@
+"""Throughput of hf_vit's ViT against transformers' and timm's, in one process with interleaved runs.
+
+ViT-S/16 and ViT-B/16 at 224x224, fp32, CPU, random weights, a 1000-class head. All three peers use the exact GELU
+and LayerNorm eps 1e-6, so the comparison is of implementations, not of activations; hf_vit with its default
+(tanh-approximated) GELU is an extra row. Every library runs its default attention backend (sdpa for hf_vit and
+transformers, fused attention for timm).
+
+  inference: images/s at batch 8 under torch.inference_mode(), model.eval()
+  training:  images/s at batch 16: forward + cross-entropy + backward + AdamW step + zero_grad, model.train()
+
+Each round times every implementation once (rotating order); the table reports the median time per implementation
+and the median of the per-round ratios hf_vit / peer (> 1 means hf_vit is faster). Targets are printed, not asserted.
+
+    python bench/bench_models.py                      # full run (S/16 and B/16, both modes, 7 rounds)
+    python bench/bench_models.py --quick              # smoke run, under a minute
+    python bench/bench_models.py --models S/16 --modes train --rounds 11 --json results.json
+"""
+
+import argparse
+import os
+import sys
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from common import (  # noqa: E402
+    environment,
+    interleaved_rounds,
+    markdown_table,
+    median,
+    speed_ratios,
+    spread,
+    write_json,
+)
+
+
+# Variant -> (hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, timm model name).
+MODELS = {
+    "S/16": (384, 12, 6, 1536, "vit_small_patch16_224"),
+    "B/16": (768, 12, 12, 3072, "vit_base_patch16_224"),
+}
+MODES = ("infer", "train")
+NUM_CLASSES = 1000
+IMAGE_SIZE = 224
+
+REFERENCE = "hf_vit"  # the implementation every ratio is taken against
+# Minimum speed ratio hf_vit / peer (from the issue). Printed as PASS/MISS, never asserted.
+TARGETS = {"transformers": 1.05, "timm": 1.00}
+
+
+def timm_or_reason():
+    """(timm module, None) or (None, why it cannot be used)."""
+    try:
+        import timm
+    except Exception as error:  # timm's import of torchvision fails beside a mismatched torch, not only ImportError
+        return None, f"{type(error).__name__}: {error}"
+    return timm, None
+
+
+def build_models(variant: str, timm) -> dict[str, torch.nn.Module]:
+    """Random-weight classifiers of one variant, keyed by implementation name (the reference first)."""
+    import transformers
+
+    import hf_vit
+
+    hidden, layers, heads, mlp, timm_name = MODELS[variant]
+    models = {}
+    models["hf_vit"] = hf_vit.ViTForImageClassification(
+        hf_vit.ViTConfig.from_variant(variant, num_labels=NUM_CLASSES, hidden_act="gelu", layer_norm_eps=1e-6)
+    )
+    models["transformers"] = transformers.ViTForImageClassification(
+        transformers.ViTConfig(
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=mlp,
+            num_labels=NUM_CLASSES,
+            layer_norm_eps=1e-6,
+            hidden_act="gelu",
+        )
+    )
+    if timm is not None:
+        models["timm"] = timm.create_model(timm_name, pretrained=False, num_classes=NUM_CLASSES)
+    # NOTE: the package default (tanh GELU), reported but not part of the targets.
+    models["hf_vit (tanh GELU)"] = hf_vit.ViTForImageClassification(
+        hf_vit.ViTConfig.from_variant(variant, num_labels=NUM_CLASSES, layer_norm_eps=1e-6)
+    )
+    return models
+
+
+def describe(name: str, model: torch.nn.Module) -> str:
+    """Attention backend and activation, as each library reports them."""
+    config = getattr(model, "config", None)
+    if config is not None:
+        return f"attn={config._attn_implementation}, act={config.hidden_act}, eps={config.layer_norm_eps}"
+    block = model.blocks[0]
+    return (
+        f"fused_attn={block.attn.fused_attn}, act={type(block.mlp.act).__name__}"
+        f"({getattr(block.mlp.act, 'approximate', '')}), eps={block.norm1.eps}"
+    )
+
+
+def training_loss(name: str, model, pixel_values, labels) -> torch.Tensor:
+    """Cross-entropy of one batch: the HF heads compute it from `labels`, timm's model returns logits."""
+    if name == "timm":
+        return F.cross_entropy(model(pixel_values), labels)
+    return model(pixel_values=pixel_values, labels=labels).loss
+
+
+def make_runner(name: str, model, mode: str, batch_size: int):
+    """A zero-argument callable doing one inference batch or one training step of `model`."""
+    generator = torch.Generator().manual_seed(0)
+    pixel_values = torch.randn(batch_size, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+    labels = torch.randint(0, NUM_CLASSES, (batch_size,), generator=generator)
+
+    if mode == "infer":
+        model.eval()
+
+        def step():
+            with torch.inference_mode():
+                if name == "timm":
+                    return model(pixel_values)
+                return model(pixel_values=pixel_values).logits
+
+        return step
+
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        training_loss(name, model, pixel_values, labels).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    step.optimizer = optimizer  # kept so the caller can drop the AdamW state after the mode
+    return step
+
+
+def fmt_ratio(ratios):
+    return f"{median(ratios):.3f} ({min(ratios):.2f}-{max(ratios):.2f})"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default="S/16,B/16", help=f"comma-separated, from {list(MODELS)}")
+    parser.add_argument("--modes", default="infer,train", help=f"comma-separated, from {list(MODES)}")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (the medians are over these)")
+    parser.add_argument("--iters", type=int, default=1, help="timed calls per implementation per round")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls per implementation before round 1")
+    parser.add_argument("--infer-batch", type=int, default=8)
+    parser.add_argument("--train-batch", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--no-timm", action="store_true", help="leave timm out even when it imports")
+    parser.add_argument("--quick", action="store_true", help="smoke run: S/16, 1 round, 1 call, batches 2/4")
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write every round's timings here")
+    args = parser.parse_args(argv)
+
+    if args.quick:
+        args.models, args.rounds, args.iters, args.warmup = "S/16", 1, 1, 2
+        args.infer_batch, args.train_batch = 2, 4
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    for value, allowed, flag in ((models, MODELS, "--models"), (modes, MODES, "--modes")):
+        unknown = [v for v in value if v not in allowed]
+        if unknown:
+            parser.error(f"{flag}: unknown {unknown}; allowed are {list(allowed)}")
+    if args.rounds < 1 or args.iters < 1 or args.warmup < 0:
+        parser.error("--rounds and --iters must be >= 1, --warmup >= 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    timm, reason = (None, "--no-timm") if args.no_timm else timm_or_reason()
+    env = environment(("transformers", "timm", "torchvision", "hf-vit"))
+    print("## Environment\n")
+    for key, value in env.items():
+        print(f"- {key}: {value}")
+    if timm is None:
+        print(f"- timm skipped: {reason}")
+    batch_sizes = {"infer": args.infer_batch, "train": args.train_batch}
+    print(
+        f"- settings: rounds={args.rounds}, iters/round={args.iters}, warmup={args.warmup}, "
+        f"batch infer={args.infer_batch} train={args.train_batch}, image {IMAGE_SIZE}x{IMAGE_SIZE}, fp32\n",
+        flush=True,
+    )
+
+    results, rows = [], []
+    for variant in models:
+        torch.manual_seed(0)
+        built = build_models(variant, timm)
+        print(f"### {variant}: parameters\n")
+        reference_count = sum(p.numel() for p in built[REFERENCE].parameters())
+        for name, model in built.items():
+            count = sum(p.numel() for p in model.parameters())
+            print(f"- {name}: {count:,} ({count - reference_count:+,} vs {REFERENCE}); {describe(name, model)}")
+        print(flush=True)
+
+        for mode in modes:
+            batch = batch_sizes[mode]
+            runners = {name: make_runner(name, model, mode, batch) for name, model in built.items()}
+            seconds = interleaved_rounds(runners, rounds=args.rounds, iters=args.iters, warmup=args.warmup)
+            for runner in runners.values():  # free the AdamW state before the next mode / variant
+                if hasattr(runner, "optimizer"):
+                    runner.optimizer.state.clear()
+            del runners
+
+            for name, times in seconds.items():
+                images_per_s = batch / median(times)
+                ratios = None if name == REFERENCE else speed_ratios(seconds[REFERENCE], times)
+                target = TARGETS.get(name)
+                status = "" if target is None else ("PASS" if median(ratios) >= target else "MISS")
+                rows.append(
+                    [
+                        variant,
+                        mode,
+                        name,
+                        f"{images_per_s:.2f}",
+                        f"{100 * spread(times):.1f}%",
+                        "-" if ratios is None else fmt_ratio(ratios),
+                        "-" if target is None else f">= {target:.2f}",
+                        status,
+                    ]
+                )
+                results.append(
+                    {
+                        "model": variant,
+                        "mode": mode,
+                        "batch_size": batch,
+                        "implementation": name,
+                        "seconds_per_step": times,
+                        "images_per_s_median": images_per_s,
+                        "ratio_reference_over_this": ratios,
+                        "ratio_median": None if ratios is None else median(ratios),
+                        "target": target,
+                        "status": status or None,
+                    }
+                )
+            print(f"done: {variant} {mode}", file=sys.stderr, flush=True)
+        del built
+
+    headers = [
+        "model",
+        "mode",
+        "implementation",
+        "images/s (median)",
+        "time spread",
+        f"{REFERENCE}/peer (median, min-max)",
+        "target",
+        "result",
+    ]
+    print("## Results\n")
+    print(markdown_table(headers, rows))
+    print(
+        f"\nimages/s = batch / median seconds per step over {args.rounds} round(s). time spread = (max - min) / "
+        f"median of the rounds' step times. {REFERENCE}/peer = median over rounds of the per-round speed ratio "
+        f"(> 1: {REFERENCE} faster); for the tanh-GELU row it compares hf_vit's exact-GELU build with its default."
+    )
+    if args.json:
+        write_json(
+            args.json,
+            {"environment": env, "timm_skipped": reason, "settings": vars(args), "results": results},
+        )
+        print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

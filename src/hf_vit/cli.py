@@ -1,0 +1,79 @@
+"""`hf-vit`: command-line entry points (predict, info; later issues add convert, evaluate, analyze, card)."""
+
+import argparse
+import json
+import sys
+
+
+def _predict(args) -> int:
+    import transformers
+    from PIL import Image
+
+    import hf_vit  # noqa: F401  (registers the Auto classes)
+
+    classifier = transformers.pipeline("image-classification", model=args.model, device="cpu")
+    for path in args.images:
+        try:
+            image = Image.open(path)
+        except (OSError, ValueError) as error:
+            print(f"{path}: cannot read this image ({error})", file=sys.stderr)
+            return 2
+        predictions = classifier(image, top_k=args.top_k)
+        if args.json:
+            print(json.dumps({"image": path, "predictions": predictions}))
+        else:
+            print(f"{path}: " + ", ".join(f"{p['label']} ({p['score']:.3f})" for p in predictions))
+    return 0
+
+
+def _info(args) -> int:
+    import torch
+
+    import hf_vit  # noqa: F401
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(args.model)
+    with torch.device("meta"):
+        model = AutoModel.from_config(config)
+    fields = {
+        "model_type": config.model_type,
+        "image_size": config.image_size,
+        "patch_size": config.patch_size,
+        "hidden_size": config.hidden_size,
+        "num_hidden_layers": config.num_hidden_layers,
+        "num_attention_heads": config.num_attention_heads,
+        "pooling": getattr(config, "pooling", "cls"),
+        "num_labels": config.num_labels,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    print(json.dumps(fields, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="hf-vit", description="The Vision Transformer, Hugging Face-compatible.")
+    parser.add_argument("--version", action="version", version=f"hf-vit {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    predict = commands.add_parser("predict", help="Classify images with a saved model folder (or Hub id).")
+    predict.add_argument("model", help="Model folder or Hub id with a preprocessor_config.json")
+    predict.add_argument("images", nargs="+", help="Image files")
+    predict.add_argument("--top-k", type=int, default=5)
+    predict.add_argument("--json", action="store_true", help="One JSON line per image")
+    predict.set_defaults(run=_predict)
+
+    info = commands.add_parser("info", help="Architecture and parameter count of a model folder.")
+    info.add_argument("model")
+    info.set_defaults(run=_info)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
