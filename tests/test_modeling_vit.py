@@ -239,3 +239,32 @@ def test_flash_attention_where_installed():
         model.set_attn_implementation("flash_attention_2")
         got = model(pixel_values).logits
     torch.testing.assert_close(got, expected, rtol=1e-2, atol=1e-2)
+
+
+# ---- class-token-only last block -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_pooled_only_gives_the_full_models_numbers(implementation):
+    # The classifier runs its last block on the class token only; logits and every gradient must be those of the
+    # full computation (which output_hidden_states forces).
+    config = make_config(head_zero_init=False, qkv_bias=True, attn_implementation=implementation)
+    torch.manual_seed(0)
+    model = ViTForImageClassification(config).train()
+    pixel_values, labels = pixel_values_for(config, batch_size=3), labels_for(config, 3)
+    fast = model(pixel_values, labels=labels)
+    fast.loss.backward()
+    fast_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    full = model(pixel_values, labels=labels, output_hidden_states=True)
+    full.loss.backward()
+    torch.testing.assert_close(fast.logits, full.logits, rtol=1e-5, atol=1e-6)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(fast_grads[name], param.grad, rtol=1e-4, atol=1e-6, msg=name)
+    # The bare model keeps every token unless asked, and only the class token when asked.
+    base = model.vit.eval()
+    with torch.no_grad():
+        assert base(pixel_values).last_hidden_state.shape[1] == 1 + config.num_patches
+        short = base(pixel_values, pooled_only=True)
+        torch.testing.assert_close(short.pooler_output, base(pixel_values).pooler_output, rtol=1e-5, atol=1e-6)
+    assert short.last_hidden_state.shape[1] == 1

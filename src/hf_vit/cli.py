@@ -1,8 +1,17 @@
-"""`hf-vit`: command-line entry points (predict, info; later issues add convert, evaluate, analyze, card)."""
+"""`hf-vit`: command-line entry points.
+
+`predict` and `info` live here; every other subcommand lives with the subpackage it drives and is registered through
+`SUBCOMMAND_MODULES`: each such module defines `add_subcommand(subparsers)`, which adds its parser and sets
+`run=<function(args) -> int>` as a default. Imports stay lazy so that `hf-vit --help` is quick.
+"""
 
 import argparse
+import importlib
 import json
 import sys
+
+# Modules that contribute subcommands (each defines `add_subcommand(subparsers)`).
+SUBCOMMAND_MODULES: list[str] = []
 
 
 def _predict(args) -> int:
@@ -67,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="Architecture and parameter count of a model folder.")
     info.add_argument("model")
     info.set_defaults(run=_info)
+
+    for module_name in SUBCOMMAND_MODULES:
+        importlib.import_module(module_name).add_subcommand(commands)
     return parser
 
 

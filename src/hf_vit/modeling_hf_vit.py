@@ -234,11 +234,22 @@ class ViTSelfAttention(nn.Module):
         self.o_proj = _declare_init(nn.Linear(config.hidden_size, config.hidden_size), "xavier_uniform")
 
     def forward(
-        self, hidden_states: torch.Tensor, output_attentions: bool = False
+        self, hidden_states: torch.Tensor, output_attentions: bool = False, num_queries: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`num_queries`: attend from the first n tokens only (keys and values stay all N); output (B, n, D)."""
         batch, length, _ = hidden_states.shape
-        qkv = self.qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, d)
+        if num_queries is None:
+            qkv = self.qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
+            query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, d)
+        else:
+            # Rows [0, D) of the fused kernel are q, [D, 3D) are k and v: project q for the first n tokens only.
+            width = self.config.hidden_size
+            weight, bias = self.qkv.weight, self.qkv.bias
+            query = F.linear(hidden_states[:, :num_queries], weight[:width], None if bias is None else bias[:width])
+            query = query.view(batch, num_queries, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, n, d)
+            kv = F.linear(hidden_states, weight[width:], None if bias is None else bias[width:])
+            key, value = kv.view(batch, length, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            length = num_queries
 
         implementation = self.config._attn_implementation or "sdpa"
         if output_attentions or implementation == "eager":
@@ -287,9 +298,12 @@ class ViTLayer(GradientCheckpointingLayer):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(
-        self, hidden_states: torch.Tensor, output_attentions: bool = False
+        self, hidden_states: torch.Tensor, output_attentions: bool = False, num_queries: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attention_output, weights = self.attention(self.layernorm_before(hidden_states), output_attentions)
+        """`num_queries`: compute the block's output for the first n tokens only, (B, N, D) -> (B, n, D)."""
+        attention_output, weights = self.attention(self.layernorm_before(hidden_states), output_attentions, num_queries)
+        if num_queries is not None:
+            hidden_states = hidden_states[:, :num_queries]
         hidden_states = hidden_states + self.dropout(attention_output)
         hidden_states = hidden_states + self.dropout(self.mlp(self.layernorm_after(hidden_states)))
         return hidden_states, weights
@@ -303,12 +317,19 @@ class ViTEncoder(nn.Module):
         self.layers = nn.ModuleList([ViTLayer(config, i) for i in range(config.num_hidden_layers)])
 
     def forward(
-        self, hidden_states: torch.Tensor, output_attentions: bool = False, output_hidden_states: bool = False
+        self,
+        hidden_states: torch.Tensor,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        last_layer_queries: int | None = None,
     ) -> BaseModelOutput:
+        """`last_layer_queries`: the last block computes outputs for the first n tokens only (see `ViTModel`)."""
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
-        for layer in self.layers:
-            hidden_states, weights = layer(hidden_states, output_attentions=output_attentions)
+        last = len(self.layers) - 1
+        for index, layer in enumerate(self.layers):
+            num_queries = last_layer_queries if index == last else None
+            hidden_states, weights = layer(hidden_states, output_attentions=output_attentions, num_queries=num_queries)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             if output_attentions:
@@ -514,6 +535,7 @@ class ViTModel(ViTPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        pooled_only: bool = False,
         **kwargs,
     ) -> BaseModelOutputWithPooling | tuple:
         r"""
@@ -522,6 +544,11 @@ class ViTModel(ViTPreTrainedModel):
         interpolate_pos_encoding (`bool`, *optional*):
             Resample the position embeddings for an input whose size differs from `config.image_size` (any size
             divisible by the patch size, square or not). For a lasting change use `resize_position_embeddings`.
+        pooled_only (`bool`, *optional*, defaults to `False`):
+            Compute only what `pooler_output` needs. With class-token pooling the last block then runs its queries,
+            projection and MLP on the class token alone (its keys and values still cover every token): the same
+            numbers for ~1/L less work (~7% at B/16), and `last_hidden_state` holds the class token only. Ignored
+            when hidden states or attentions are requested, or for the other poolings (they read every token).
         """
         if pixel_values is None:
             raise ValueError("`pixel_values` is required (a (batch, channels, height, width) float tensor).")
@@ -535,7 +562,15 @@ class ViTModel(ViTPreTrainedModel):
         if pixel_values.dtype != weight.dtype:
             pixel_values = pixel_values.to(weight.dtype)
         embeddings = self.embeddings(pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding))
-        encoded = self.encoder(embeddings, output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        class_token_only = (
+            pooled_only and self.config.pooling == "cls" and not output_attentions and not output_hidden_states
+        )
+        encoded = self.encoder(
+            embeddings,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            last_layer_queries=1 if class_token_only else None,
+        )
         sequence_output = self.layernorm(encoded.last_hidden_state)
         pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
 
@@ -604,6 +639,7 @@ class ViTForImageClassification(ViTPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            pooled_only=True,  # the head reads the pooled vector only
         )
         logits = self.classifier(outputs.pooler_output)
         loss = None
