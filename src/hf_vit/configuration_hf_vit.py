@@ -172,6 +172,11 @@ class ViTConfig(PreTrainedConfig):
         return (h // ph, w // pw)
 
     @property
+    def token_pixel_size(self):
+        """`(height, width)` in input pixels of the image area one patch token stands for (its stride on the image)."""
+        return self.patch_hw
+
+    @property
     def num_patches(self):
         rows, cols = self.grid_size
         return rows * cols
