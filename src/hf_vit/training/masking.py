@@ -1,0 +1,264 @@
+"""Masked patch prediction planning: which patches are corrupted, how, and what the model must predict.
+
+The paper's self-supervision (ViT paper, section 4.6 and appendix B.1.2): corrupt 50% of the patch embeddings
+(80% replaced by a learnable [mask] embedding, 10% by another patch's embedding, 10% left as they are) and predict,
+from each corrupted position's output, the patch's 3-bit mean colour (512 classes). Attention-guided masking
+(AttMask, Kakogeorgiou et al. 2022) chooses the positions a teacher attends to most instead of random ones.
+
+The plan is drawn here, in the data pipeline, and only *applied* by `ViTForMaskedPatchPrediction` (DESIGN.md, data
+flow). A plan for a batch of B images with N patches each, M = round(rate * N) corrupted per image:
+
+    corrupted_positions  (B, M) long   patch indices (row-major on the patch grid), sorted, distinct per image
+    corruption_kind      (B, M) long   MASK (0): the [mask] embedding; REPLACE (1): another patch; KEEP (2): unchanged
+    replacement_index    (B, M) long   where kind == REPLACE: flat index b' * N + n' of the patch embedding that
+                                       replaces it (another image of the batch when B > 1; see `sample_replacements`)
+    labels               mean_color: (B, M) long in [0, 512); downsampled: (B, M, 16) long; pixels: (B, M, P*P*C)
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+MASK, REPLACE, KEEP = 0, 1, 2
+MPP_TARGETS = ("mean_color", "downsampled", "pixels")
+MASKING_STRATEGIES = ("random", "attmask")
+COLOR_BITS = 3  # the paper's 3-bit colours: 8 levels per channel, 512 colours
+DOWNSAMPLED_SIDE = 4  # "downsampled" target: a 4x4 grid of sub-patches per patch
+
+
+def _check_probability(name, value, low_open=True):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (0.0 < value <= 1.0 if low_open else 0.0 <= value <= 1.0):
+        allowed = "(0, 1]" if low_open else "[0, 1]"
+        raise ValueError(f"`{name}` must be a number in {allowed}, got {value!r}.")
+
+
+def num_corrupted(num_patches: int, rate: float) -> int:
+    """M, the patches corrupted per image: `round(rate * N)`, at least 1."""
+    _check_probability("mask_ratio", rate)
+    return max(1, int(round(rate * num_patches)))
+
+
+def sample_positions(batch: int, num_patches: int, rate: float, generator=None) -> torch.Tensor:
+    """(B, M) distinct patch indices per image, uniformly at random, sorted.
+
+    NOTE: exactly M = round(rate * N) positions per image (BERT's per-token coin flips give a varying count); a fixed
+    count keeps the prediction head's batch rectangular. The rate is the paper's either way.
+    """
+    m = num_corrupted(num_patches, rate)
+    scores = torch.rand(batch, num_patches, generator=generator)
+    return scores.topk(m, dim=1).indices.sort(dim=1).values
+
+
+def sample_kinds(shape, split=(0.8, 0.1, 0.1), generator=None) -> torch.Tensor:
+    """Corruption kind of each planned position, drawn independently with probabilities (mask, replace, keep)."""
+    split = validate_split(split)
+    probabilities = torch.tensor(split, dtype=torch.float64)
+    flat = torch.multinomial(probabilities, math.prod(shape), replacement=True, generator=generator)
+    return flat.view(*shape)
+
+
+def validate_split(split) -> tuple[float, float, float]:
+    if not isinstance(split, (list, tuple)) or len(split) != 3:
+        raise ValueError(f"`mask_split` must be three shares (mask, replace, keep), got {split!r}.")
+    for value in split:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"`mask_split` shares must be non-negative numbers, got {split!r}.")
+    total = float(sum(split))
+    if not math.isclose(total, 1.0, abs_tol=1e-6):
+        raise ValueError(f"`mask_split` shares must add up to 1 (mask, replace, keep), got {split!r} (sum {total}).")
+    return tuple(float(v) for v in split)
+
+
+def sample_replacements(positions: torch.Tensor, num_patches: int, generator=None) -> torch.Tensor:
+    """(B, M) flat indices b' * N + n' of the patch embedding each position would be replaced with.
+
+    The source is a uniformly random patch of a *different* image of the batch (uniform over the other B - 1 images
+    and all their N positions), like BERT's random token from the vocabulary rather than from the same sentence:
+    a patch of the same image would often be a near copy of its neighbour. With a batch of one image, a random
+    other position of the same image.
+    """
+    batch, m = positions.shape
+    if batch > 1:
+        offset = torch.randint(1, batch, (batch, m), generator=generator)
+        source_image = (torch.arange(batch)[:, None] + offset) % batch
+        source_position = torch.randint(0, num_patches, (batch, m), generator=generator)
+    else:
+        if num_patches < 2:
+            raise ValueError("Replacing a patch with another needs at least 2 patches per image.")
+        shift = torch.randint(1, num_patches, (batch, m), generator=generator)
+        source_image = torch.zeros(batch, m, dtype=torch.long)
+        source_position = (positions + shift) % num_patches
+    return source_image * num_patches + source_position
+
+
+def patchify(pixels: torch.Tensor, patch_size) -> torch.Tensor:
+    """(B, C, H, W) -> (B, N, C, P_h, P_w) patches in the model's row-major token order."""
+    ph, pw = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+    batch, channels, height, width = pixels.shape
+    if height % ph or width % pw:
+        raise ValueError(f"Image size {height}x{width} is not divisible by the patch size {ph}x{pw}.")
+    x = pixels.reshape(batch, channels, height // ph, ph, width // pw, pw)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(batch, (height // ph) * (width // pw), channels, ph, pw)
+
+
+def quantize_colors(values: torch.Tensor, bits: int = COLOR_BITS) -> torch.Tensor:
+    """(..., C) colours in [0, 1] -> (...,) class ids: each channel to `bits` bits, channel 0 most significant."""
+    levels = 2**bits
+    q = (values.clamp(0.0, 1.0) * levels).floor().clamp(max=levels - 1).long()  # (..., C) in [0, levels)
+    channels = q.shape[-1]
+    weights = levels ** torch.arange(channels - 1, -1, -1)  # R * 64 + G * 8 + B for 3 channels
+    return (q * weights).sum(-1)
+
+
+def mpp_targets(pixels: torch.Tensor, patch_size, target: str = "mean_color") -> torch.Tensor:
+    """Targets for every patch from unnormalised pixels (B, C, H, W) in [0, 1].
+
+    mean_color:  (B, N) long, the 3-bit quantised mean colour (512 classes for RGB);
+    downsampled: (B, N, 16) long, the patch average-pooled to 4x4 sub-patches, each a 3-bit colour (adaptive pooling
+                 when the patch side is not a multiple of 4);
+    pixels:      (B, N, C * P_h * P_w) float, the patch itself (the L2-regression target).
+    """
+    if target not in MPP_TARGETS:
+        raise ValueError(f"`mpp_target` must be one of {list(MPP_TARGETS)}, got {target!r}.")
+    patches = patchify(pixels.float(), patch_size)  # (B, N, C, P, P)
+    batch, n, channels, ph, pw = patches.shape
+    if target == "mean_color":
+        return quantize_colors(patches.mean(dim=(-1, -2)))  # (B, N)
+    if target == "downsampled":
+        small = F.adaptive_avg_pool2d(patches.reshape(batch * n, channels, ph, pw), DOWNSAMPLED_SIDE)
+        small = small.reshape(batch, n, channels, DOWNSAMPLED_SIDE * DOWNSAMPLED_SIDE).transpose(-1, -2)
+        return quantize_colors(small)  # (B, N, 16)
+    return patches.reshape(batch, n, channels * ph * pw)
+
+
+def num_target_classes(target: str, num_channels: int = 3) -> int:
+    """Classes per prediction of a categorical target (512 for RGB 3-bit colours); 0 for "pixels"."""
+    if target not in MPP_TARGETS:
+        raise ValueError(f"`mpp_target` must be one of {list(MPP_TARGETS)}, got {target!r}.")
+    return 0 if target == "pixels" else (2**COLOR_BITS) ** num_channels
+
+
+def gather_positions(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """values (B, N, ...) at positions (B, M) -> (B, M, ...)."""
+    index = positions.reshape(*positions.shape, *([1] * (values.ndim - 2))).expand(-1, -1, *values.shape[2:])
+    return values.gather(1, index)
+
+
+def attention_guided_positions(
+    scores: torch.Tensor, rate: float, random_share: float = 0.0, generator=None
+) -> torch.Tensor:
+    """AttMask: (B, N) attention of the teacher's class token to each patch -> (B, M) positions to corrupt, sorted.
+
+    `M * (1 - random_share)` positions are the most attended ones; the remaining share is drawn uniformly from the
+    positions left, so the student still sees some easy cases (AttMask's high-attention masking with a random part).
+    """
+    _check_probability("attmask_random_share", random_share, low_open=False)
+    batch, n = scores.shape
+    m = num_corrupted(n, rate)
+    num_random = int(round(random_share * m))
+    num_top = m - num_random
+    order = scores.argsort(dim=1, descending=True)  # (B, N), most attended first
+    top = order[:, :num_top]
+    if num_random:
+        rest = order[:, num_top:]
+        pick = torch.rand(rest.shape, generator=generator).topk(num_random, dim=1).indices
+        top = torch.cat([top, rest.gather(1, pick)], dim=1)
+    return top.sort(dim=1).values
+
+
+def plan_corruption(
+    batch: int,
+    num_patches: int,
+    rate: float = 0.5,
+    split=(0.8, 0.1, 0.1),
+    positions: torch.Tensor | None = None,
+    generator=None,
+) -> dict:
+    """A full plan for a batch: positions (random unless given), kinds and replacement sources."""
+    if positions is None:
+        positions = sample_positions(batch, num_patches, rate, generator=generator)
+    return {
+        "corrupted_positions": positions,
+        "corruption_kind": sample_kinds(tuple(positions.shape), split, generator=generator),
+        "replacement_index": sample_replacements(positions, num_patches, generator=generator),
+    }
+
+
+class MaskedPatchCollator:
+    """list of {"image": ...} -> pixel_values, the corruption plan and the targets (labels) of masked patch prediction.
+
+    Args:
+        image_processor: turns the images into normalised `pixel_values` (B, C, H, W).
+        patch_size: the model's patch size (int or (h, w)).
+        mask_ratio: share of the patches corrupted per image (the paper: 0.5; its comparison: 0.15).
+        mask_split: shares of (mask, replace, keep) among the corrupted positions (the paper: 0.8, 0.1, 0.1).
+        mpp_target: "mean_color" | "downsampled" | "pixels".
+        augment: optional batch function `(pixel_values, generator=...) -> pixel_values` applied before the targets
+            are computed (targets follow what the model sees).
+        seed: makes every plan reproducible (the same sequence of batches gives the same plans).
+        return_all_targets: also return `all_targets`, every patch's target (B, N, ...), for re-planning (AttMask).
+
+    Targets are computed from the *unnormalised* pixels: `pixel_values * image_std + image_mean`, i.e. the image in
+    [0, 1] the processor started from.
+    """
+
+    def __init__(self, image_processor, patch_size, mask_ratio=0.5, mask_split=(0.8, 0.1, 0.1),
+                 mpp_target="mean_color", augment=None, seed=None, return_all_targets=False):
+        num_corrupted(4, mask_ratio)  # validates the ratio now
+        self.split = validate_split(mask_split)
+        if mpp_target not in MPP_TARGETS:
+            raise ValueError(f"`mpp_target` must be one of {list(MPP_TARGETS)}, got {mpp_target!r}.")
+        self.image_processor = image_processor
+        self.patch_size = patch_size
+        self.mask_ratio = mask_ratio
+        self.mpp_target = mpp_target
+        self.augment = augment
+        self.return_all_targets = return_all_targets
+        self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
+
+    def unnormalize(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Normalised (B, C, H, W) -> the [0, 1] image, inverting the processor's normalisation."""
+        processor = self.image_processor
+        if not getattr(processor, "do_normalize", False):
+            return pixel_values
+        channels = pixel_values.shape[1]
+        mean = torch.tensor(processor.image_mean, dtype=pixel_values.dtype).expand(channels).view(1, -1, 1, 1)
+        std = torch.tensor(processor.image_std, dtype=pixel_values.dtype).expand(channels).view(1, -1, 1, 1)
+        return pixel_values * std + mean
+
+    def __call__(self, examples) -> dict:
+        pixel_values = self.image_processor([e["image"] for e in examples], return_tensors="pt")["pixel_values"]
+        if self.augment is not None:
+            pixel_values = self.augment(pixel_values, generator=self.generator)
+        batch = pixel_values.shape[0]
+        ph, pw = (self.patch_size, self.patch_size) if isinstance(self.patch_size, int) else tuple(self.patch_size)
+        num_patches = (pixel_values.shape[2] // ph) * (pixel_values.shape[3] // pw)
+        plan = plan_corruption(batch, num_patches, self.mask_ratio, self.split, generator=self.generator)
+        targets = mpp_targets(self.unnormalize(pixel_values), (ph, pw), self.mpp_target)
+        out = {"pixel_values": pixel_values, **plan, "labels": gather_positions(targets, plan["corrupted_positions"])}
+        if self.return_all_targets:
+            out["all_targets"] = targets  # (B, N, ...): attention-guided masking re-plans positions after a teacher pass
+        return out
+
+
+__all__ = [
+    "KEEP",
+    "MASK",
+    "MASKING_STRATEGIES",
+    "MPP_TARGETS",
+    "MaskedPatchCollator",
+    "REPLACE",
+    "attention_guided_positions",
+    "gather_positions",
+    "mpp_targets",
+    "num_corrupted",
+    "num_target_classes",
+    "patchify",
+    "plan_corruption",
+    "quantize_colors",
+    "sample_kinds",
+    "sample_positions",
+    "sample_replacements",
+]
