@@ -1,0 +1,617 @@
+"""Model cards for hf_vit models: metadata (with a model-index) and a README rendered from model_cards/template.md.
+
+Everything on the card comes from the model folder itself: `config.json` (architecture), the safetensors headers
+(parameter count), `run_args.json` (the run's resolved arguments: data and procedure) and `eval_results.json`
+(top-1/top-5, few-shot), plus optional per-data-set prose from `model_cards/<dataset>.yaml`. What a folder does not
+record, the card says is unknown. Local absolute paths are reduced to their last component before anything is shown.
+
+    card = render_model_card("outputs/digits", repo_id="you/vit-digits")
+    print(card.content)
+"""
+
+import json
+import math
+import os
+import re
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ..configuration_hf_vit import VIT_VARIANTS
+
+
+# model_cards/ sits at the repository root, next to src/.
+MODEL_CARDS_DIR = Path(__file__).resolve().parents[3] / "model_cards"
+DEFAULT_TEMPLATE = MODEL_CARDS_DIR / "template.md"
+
+PAPER_BIBTEX = """@inproceedings{dosovitskiy2021image,
+  title     = {An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale},
+  author    = {Alexey Dosovitskiy and Lucas Beyer and Alexander Kolesnikov and Dirk Weissenborn and Xiaohua Zhai and
+               Thomas Unterthiner and Mostafa Dehghani and Matthias Minderer and Georg Heigold and Sylvain Gelly and
+               Jakob Uszkoreit and Neil Houlsby},
+  booktitle = {International Conference on Learning Representations (ICLR)},
+  year      = {2021},
+  url       = {https://openreview.net/forum?id=YicbFdNTTy}
+}"""
+
+# Keys a model_cards/<name>.yaml may hold (and, under `dataset`, its sub-keys).
+CARD_DATA_KEYS = ("title", "summary", "dataset", "tags", "license", "intended_uses", "limitations", "hardware",
+                  "base_model", "language")
+DATASET_KEYS = ("name", "type", "hub_ids", "description", "url")
+
+# An EMA / Polyak copy of the weights inside a run folder: a subfolder named like this.
+EMA_FOLDER_PATTERN = re.compile(r"(^|[_\-.])(ema|polyak)($|[_\-.])", re.IGNORECASE)
+
+# The run arguments shown on the card, in this order, with their labels (all of them are in run_args.json).
+_TRAINING_ROWS = (
+    ("model_name_or_path", "initialisation"),
+    ("variant", "variant argument"),
+    ("optimizer", "optimiser"),
+    ("learning_rate", "peak learning rate"),
+    ("weight_decay", "weight decay (decoupled)"),
+    ("adam_beta1", "Adam beta1"),
+    ("adam_beta2", "Adam beta2"),
+    ("momentum", "SGD momentum"),
+    ("batch_size", "global batch size"),
+    ("num_epochs", "epochs"),
+    ("max_steps", "max steps"),
+    ("warmup_steps", "warm-up steps"),
+    ("warmup_ratio", "warm-up share"),
+    ("lr_decay", "decay after warm-up"),
+    ("max_grad_norm", "gradient clipping (global norm)"),
+    ("label_smoothing", "label smoothing"),
+    ("augmentation", "augmentation"),
+    ("mixup_alpha", "mixup alpha"),
+    ("cutmix_alpha", "cutmix alpha"),
+    ("drop_path_rate", "stochastic depth"),
+    ("ema_decay", "EMA decay"),
+    ("layer_decay", "layer-wise lr decay"),
+    ("mixed_precision", "mixed precision"),
+    ("seed", "seed"),
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Paths
+
+
+_EMBEDDED_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~\\-])(?:~|[A-Za-z]:)?[/\\][^\s'\"]+")
+
+
+def _last_component(path: str) -> str:
+    name = re.split(r"[/\\]", path.rstrip("/\\"))[-1]
+    return name or "."
+
+
+def strip_local_paths(value):
+    """Recursively replace local absolute paths (`/a/b/run`, `~/x`, `C:\\x`) inside strings by their last component."""
+    if isinstance(value, dict):
+        return {k: strip_local_paths(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strip_local_paths(v) for v in value]
+    if isinstance(value, str):
+        return _EMBEDDED_ABSOLUTE_PATH.sub(lambda m: _last_component(m.group(0)), value)
+    return value
+
+
+def local_path_markers(*folders) -> list[str]:
+    """Strings that would reveal this machine's layout: the given folders, the working, home and temp directories."""
+    candidates = set()
+    for folder in folders:
+        if folder:
+            candidates.update({os.path.abspath(folder), os.path.realpath(folder)})
+    candidates.update({os.getcwd(), os.path.expanduser("~"), tempfile.gettempdir()})
+    # Skip "/" and one-level roots such as "/tmp" or "/root" alone only when they are too short to be telling.
+    return sorted(c for c in candidates if len(c.strip("/\\")) >= 3 and c not in ("/", "\\"))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# What a model folder records
+
+
+@dataclass
+class ModelFolder:
+    """The facts the card is made of. `run_args` / `eval_results` are None when the folder has no such file."""
+
+    path: Path
+    config: dict
+    num_parameters: int | None
+    run_args: dict | None
+    eval_results: dict | None
+    ema_folder: str | None  # name of the EMA subfolder, if any
+
+    @property
+    def dataset(self) -> str | None:
+        for source in (self.eval_results, self.run_args):
+            if source and isinstance(source.get("dataset"), str):
+                return source["dataset"]
+        return None
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path.name}: not valid JSON ({error}); it should hold the {what}.") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path.name}: expected a JSON object with the {what}, got {type(data).__name__}.")
+    return data
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors weight files of a model folder (one file, or the shards named by the index)."""
+    single = folder / "model.safetensors"
+    index = folder / "model.safetensors.index.json"
+    if single.is_file():
+        return [single]
+    if index.is_file():
+        shards = sorted(set(_read_json(index, "shard index")["weight_map"].values()))
+        missing = [s for s in shards if not (folder / s).is_file()]
+        if missing:
+            raise ValueError(f"{folder.name}: the shard index names {missing}, which are missing.")
+        return [folder / s for s in shards]
+    return []
+
+
+def count_parameters(files) -> int:
+    """Sum of tensor sizes, read from the safetensors headers only (no weights are loaded)."""
+    total = 0
+    for path in files:
+        with open(path, "rb") as f:
+            (header_size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(header_size))
+        for name, entry in header.items():
+            if name != "__metadata__":
+                total += math.prod(entry["shape"])
+    return total
+
+
+def is_ema_folder(path: Path) -> bool:
+    return path.is_dir() and bool(EMA_FOLDER_PATTERN.search(path.name)) and (path / "config.json").is_file()
+
+
+def read_model_folder(folder) -> ModelFolder:
+    """Read a run folder (or any hf_vit model folder); raise a ValueError naming the file when it is not one."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise ValueError(f"{folder}: not a folder; expected a run folder or an hf_vit model folder (config.json, "
+                         "model.safetensors, ...).")
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{path.name}: no config.json; expected a run folder or an hf_vit model folder.")
+    config = _read_json(path / "config.json", "model configuration")
+    if config.get("model_type") != "hf_vit":
+        raise ValueError(f"{path.name}/config.json: model_type is {config.get('model_type')!r}; only hf_vit models "
+                         "('hf_vit') are published here. Convert the checkpoint with hf_vit first.")
+    files = weight_files(path)
+    run_args = _read_json(path / "run_args.json", "resolved run arguments") if (path / "run_args.json").is_file() else None
+    results = _read_json(path / "eval_results.json", "evaluation results") if (path / "eval_results.json").is_file() else None
+    ema = sorted(p.name for p in path.iterdir() if is_ema_folder(p))
+    return ModelFolder(
+        path=path,
+        config=config,
+        num_parameters=count_parameters(files) if files else None,
+        run_args=strip_local_paths(run_args) if run_args is not None else None,
+        eval_results=strip_local_paths(results) if results is not None else None,
+        ema_folder=ema[0] if ema else None,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Per-data-set card data (model_cards/<name>.yaml)
+
+
+def _normalise_name(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", _last_component(name).lower()).strip("_")
+
+
+def load_card_data(card_data=None, dataset: str | None = None) -> dict:
+    """
+    The prose and metadata that a model folder cannot know. `card_data` is a YAML path or a dict; without it,
+    `model_cards/<dataset>.yaml` is used when it exists (dataset names are compared lower-cased, punctuation as "_",
+    a path by its last component). Unknown keys are an error naming the key, the file and the allowed keys.
+    """
+    source = "card data"
+    if card_data is None and dataset:
+        candidate = MODEL_CARDS_DIR / f"{_normalise_name(dataset)}.yaml"
+        card_data = candidate if candidate.is_file() else None
+    if card_data is None:
+        return {}
+    if isinstance(card_data, (str, os.PathLike)):
+        source = Path(card_data).name
+        if not os.path.isfile(card_data):
+            raise FileNotFoundError(f"Card data file {source!r} does not exist.")
+        with open(card_data) as f:
+            card_data = yaml.safe_load(f) or {}
+    if not isinstance(card_data, dict):
+        raise ValueError(f"{source}: expected a mapping of card fields, got {type(card_data).__name__}.")
+    unknown = sorted(set(card_data) - set(CARD_DATA_KEYS))
+    if unknown:
+        raise ValueError(f"{source}: unknown card field(s) {unknown}; allowed are {list(CARD_DATA_KEYS)}.")
+    dataset_info = card_data.get("dataset") or {}
+    if not isinstance(dataset_info, dict):
+        raise ValueError(f"{source}: `dataset` must be a mapping with keys {list(DATASET_KEYS)}.")
+    unknown = sorted(set(dataset_info) - set(DATASET_KEYS))
+    if unknown:
+        raise ValueError(f"{source}: unknown `dataset` field(s) {unknown}; allowed are {list(DATASET_KEYS)}.")
+    return strip_local_paths(card_data)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Describing the model
+
+
+def _pair(value):
+    return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
+
+
+def _size_text(value) -> str:
+    h, w = _pair(value)
+    return f"{h}x{w}"
+
+
+def architecture_name(config: dict) -> str:
+    """The paper's notation when the sizes match Table 1 ("ViT-B/16", "R50+ViT-B/16"), else "ViT/4 (custom size)"."""
+    sizes = (config.get("num_hidden_layers"), config.get("hidden_size"), config.get("intermediate_size"),
+             config.get("num_attention_heads"))
+    ph, pw = _pair(config.get("patch_size", 16))
+    patch = str(ph) if ph == pw else f"{ph}x{pw}"
+    prefix = ""
+    depths = config.get("backbone_depths")
+    if depths is not None:
+        prefix = f"R{3 * sum(depths) + 2}+" if depths else "R(stem)+"
+    for size, table in VIT_VARIANTS.items():
+        if tuple(table) == sizes:
+            return f"{prefix}ViT-{size}/{patch}"
+    return f"{prefix}ViT/{patch} (custom size)"
+
+
+def _percent(value) -> str:
+    return f"{100 * value:.2f}%" if isinstance(value, (int, float)) else "–"
+
+
+def _fmt(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if value is None:
+        return "–"
+    return str(value).replace("|", "\\|")
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if os.path.isabs(name) or name.startswith((".", "~")) or os.path.exists(name):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def base_model_of(facts: ModelFolder, card_data: dict) -> tuple[str | None, str]:
+    """(Hub id for the `base_model` metadata or None, a sentence for the card)."""
+    if card_data.get("base_model"):
+        return card_data["base_model"], f"fine-tuned from [{card_data['base_model']}](https://huggingface.co/{card_data['base_model']})"
+    if facts.run_args is None:
+        return None, "unknown (no run_args.json)"
+    start = facts.run_args.get("model_name_or_path")
+    if not start:
+        return None, "from scratch (random initialisation)"
+    if _looks_like_hub_id(start):
+        return start, f"fine-tuned from [{start}](https://huggingface.co/{start})"
+    return None, f"fine-tuned from a local checkpoint (`{_last_component(start)}`, not on the Hub)"
+
+
+def collect_metrics(results: dict | None) -> list[tuple[str, dict]]:
+    """(split label, metrics) for every object in eval_results.json that has an `accuracy`, test first."""
+    found = []
+
+    def visit(label, value):
+        if isinstance(value, dict):
+            if isinstance(value.get("accuracy"), (int, float)):
+                found.append((label, value))
+            else:
+                for key, sub in value.items():
+                    visit(f"{label} {key}".strip(), sub)
+
+    for key, value in (results or {}).items():
+        if not re.search(r"few.?shot", key, re.IGNORECASE):
+            visit(key, value)
+    order = {"test": 0, "validation": 1}
+    return sorted(found, key=lambda item: (order.get(item[0], 2), item[0]))
+
+
+def collect_few_shot(results: dict | None) -> list[tuple[int, float]]:
+    """(shots, accuracy) from a `few_shot` (or `fewshot`, `few-shot`) entry: {"5": 0.8} or {"5shot": {"accuracy": 0.8}}."""
+    rows = []
+    for key, value in (results or {}).items():
+        if re.search(r"few.?shot", key, re.IGNORECASE) and isinstance(value, dict):
+            for shots_key, entry in value.items():
+                match = re.search(r"\d+", str(shots_key))
+                accuracy = entry.get("accuracy") if isinstance(entry, dict) else entry
+                if match and isinstance(accuracy, (int, float)):
+                    rows.append((int(match.group(0)), float(accuracy)))
+    return sorted(rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The card
+
+
+def build_card(facts: ModelFolder, repo_id: str, card_data: dict | None = None):
+    """(ModelCardData, template variables) for a model folder."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    card_data = card_data or {}
+    config = facts.config
+    dataset_info = card_data.get("dataset") or {}
+    dataset_key = facts.dataset
+    dataset_name = dataset_info.get("name") or (_last_component(dataset_key) if dataset_key else None)
+    dataset_type = dataset_info.get("type") or (_normalise_name(dataset_key) if dataset_key else None)
+    model_name = repo_id.split("/")[-1]
+    arch = architecture_name(config)
+    height, width = _pair(config.get("image_size", 224))
+    ph, pw = _pair(config.get("patch_size", 16))
+    labels = [config.get("id2label", {}).get(str(i), str(i)) for i in range(len(config.get("id2label", {})))]
+    num_labels = len(labels) or config.get("num_labels")
+    base_model, start_text = base_model_of(facts, card_data)
+    metrics = collect_metrics(facts.eval_results)
+    few_shot = collect_few_shot(facts.eval_results)
+    headline = next(((label, m) for label, m in metrics if label in ("test", "validation")), None)
+
+    # --- metadata -----------------------------------------------------------------------------------------------
+    eval_results = []
+    if headline and dataset_type:
+        split, m = headline
+        common = dict(task_type="image-classification", task_name="Image Classification", dataset_type=dataset_type,
+                      dataset_name=dataset_name, dataset_split=split)
+        eval_results.append(EvalResult(metric_type="accuracy", metric_name="Top-1 accuracy", metric_value=m["accuracy"],
+                                       **common))
+        if isinstance(m.get("top5_accuracy"), (int, float)):
+            eval_results.append(EvalResult(metric_type="accuracy", metric_name="Top-5 accuracy", metric_config="top5",
+                                           metric_value=m["top5_accuracy"], **common))
+        for shots, value in few_shot:
+            eval_results.append(EvalResult(metric_type="accuracy", metric_name=f"{shots}-shot linear accuracy",
+                                           metric_config=f"{shots}-shot-linear", metric_value=value, **common))
+    tags = ["hf_vit", "vision-transformer", "vit", "image-classification"]
+    tags += [t for t in card_data.get("tags") or [] if t not in tags]
+    metadata = ModelCardData(
+        # NOTE: library_name "transformers": the repository loads with transformers' Auto classes and pipeline
+        # (remote code); the Hub shows the matching snippet. hf_vit itself is named in the tags.
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        license=card_data.get("license") or "apache-2.0",
+        language=card_data.get("language"),
+        tags=tags,
+        datasets=list(dataset_info.get("hub_ids") or []) or None,
+        base_model=base_model,
+        metrics=["accuracy"] if eval_results else None,
+        model_name=model_name if eval_results else None,
+        eval_results=eval_results or None,
+    )
+
+    # --- prose --------------------------------------------------------------------------------------------------
+    pooling = config.get("pooling", "cls")
+    representation = config.get("representation_size")
+    details = [
+        ("Architecture", f"{arch}: {config.get('num_hidden_layers')} pre-LN Transformer blocks, width "
+                         f"{config.get('hidden_size')}, MLP {config.get('intermediate_size')}, "
+                         f"{config.get('num_attention_heads')} attention heads"
+                         + (f"; hybrid: BiT ResNet stem, stage depths {config['backbone_depths']}"
+                            if config.get("backbone_depths") is not None else "")),
+        ("Input", f"{height}x{width} pixels, {config.get('num_channels', 3)} channels; {ph}x{pw} patches "
+                  f"({(height // ph) * (width // pw)} patch tokens{' + class token' if config.get('use_class_token', pooling == 'cls') else ''})"),
+        ("Parameters", f"{facts.num_parameters / 1e6:.2f}M ({facts.num_parameters:,})" if facts.num_parameters else "unknown"),
+        ("Pooling", {"cls": "class token", "gap": "global average of the patch tokens (after the final LayerNorm)"}.get(pooling, pooling)),
+        ("Head", f"tanh pre-logits layer of width {representation}, then linear (the paper's pre-training head)"
+                 if representation else "one linear layer (the paper's fine-tuning head)"),
+        ("Position embeddings", f"{config.get('position_embedding_type', 'learned_1d')}; resampled to other "
+                                f"resolutions with {config.get('position_embedding_interpolation', 'bilinear')} "
+                                "interpolation" + (" (corners aligned, as the reference code)"
+                                                   if config.get("position_embedding_align_corners", True) else "")),
+        ("Activation, LayerNorm eps", f"{config.get('hidden_act')}, {config.get('layer_norm_eps')}"),
+        ("Classes", f"{num_labels}: " + ", ".join(labels[:20]) + (", ..." if len(labels) > 20 else "")),
+        ("Initialisation", start_text),
+        ("License", metadata.license),
+        ("Paper", "[arXiv:2010.11929](https://arxiv.org/abs/2010.11929)"),
+    ]
+    pooling_sentence = {
+        "cls": "the final LayerNorm's output at the class token feeds the classification head.",
+        "gap": "the patch tokens are averaged after the final LayerNorm (global average pooling) and feed the head.",
+    }.get(pooling, f"the tokens are pooled with `{pooling}` and feed the classification head.")
+
+    dataset_text = dataset_name or "an unrecorded data set"
+    if facts.run_args is None and facts.eval_results is None:
+        summary = (f"A Vision Transformer ({arch}) image classifier with {num_labels} classes, in hf_vit's format. "
+                   "The folder it was published from records neither its training run nor an evaluation: the "
+                   "training data, procedure and accuracy below are unknown.")
+    else:
+        how = "trained from scratch" if start_text.startswith("from scratch") else start_text
+        summary = f"A Vision Transformer ({arch}) image classifier with {num_labels} classes, {how} on {dataset_text} with hf_vit."
+        if headline:
+            split, m = headline
+            summary += (f" Held-out {split} accuracy: {_percent(m['accuracy'])} top-1"
+                        + (f", {_percent(m['top5_accuracy'])} top-5" if isinstance(m.get('top5_accuracy'), (int, float)) else "")
+                        + (f" on {m['num_examples']:,} images." if isinstance(m.get("num_examples"), int) else "."))
+    summary = card_data.get("summary") or summary
+
+    intended = card_data.get("intended_uses") or (
+        f"Image classification into the {num_labels} classes listed above, on images like the training data, and as "
+        "a starting point for fine-tuning (replace the head; the encoder is `AutoModel`).")
+    limitations = card_data.get("limitations") or (
+        "The training data is not described for this model: check that your images resemble it before relying on "
+        "the predictions. The classifier always answers with one of its classes, also for images that show none.")
+    limitations += (" A ViT trained from scratch on a small data set lacks the inductive biases of a CNN and "
+                    "generalises less well off-distribution (section 4.3 of the paper).")
+
+    if dataset_info.get("description"):
+        training_data = dataset_info["description"].strip()
+        if dataset_info.get("url"):
+            training_data += f" Source: <{dataset_info['url']}>."
+    elif dataset_key:
+        training_data = f"`{_last_component(dataset_key)}` (no description of this data set was provided)."
+    else:
+        training_data = "Unknown: the folder this model was published from has no run_args.json or eval_results.json."
+    if facts.run_args is not None:
+        split_keys = [k for k in ("test_fraction", "validation_fraction", "split_seed") if k in facts.run_args]
+        if split_keys:
+            training_data += ("\n\nSplits: " + ", ".join(f"`{k}` = {_fmt(facts.run_args[k])}" for k in split_keys)
+                              + " (a fixed, stratified split where the data set has no test split of its own).")
+    sizes = [f"{m['num_examples']:,} {label}" for label, m in metrics if isinstance(m.get("num_examples"), int)]
+    if sizes:
+        training_data += " Evaluation images: " + ", ".join(sizes) + "."
+
+    if facts.run_args is not None:
+        training_intro = ("The run's resolved arguments (after its YAML config and command line) are in "
+                          "`run_args.json` in this repository; local paths in it are reduced to their last component.")
+        args = facts.run_args
+        hidden = {"model_name_or_path"}  # shown as "initialisation"
+        optimizer = str(args.get("optimizer", "")).lower()
+        if optimizer.startswith("adam"):
+            hidden.add("momentum")
+        elif optimizer:
+            hidden.update({"adam_beta1", "adam_beta2"})
+        hidden.add("num_epochs" if (args.get("max_steps") or 0) > 0 else "max_steps")
+        hidden.add("warmup_ratio" if (args.get("warmup_steps") or 0) > 0 else "warmup_steps")
+        training_rows = [(label, _fmt(args[key])) for key, label in _TRAINING_ROWS if key in args and key not in hidden]
+        training_rows.insert(0, ("initialisation", start_text))
+        if facts.eval_results and isinstance(facts.eval_results.get("global_step"), int):
+            training_rows.append(("optimiser steps done", f"{facts.eval_results['global_step']:,}"))
+    else:
+        training_intro = "Unknown: the folder this model was published from has no run_args.json."
+        training_rows = []
+
+    evaluation_rows = [
+        [label, f"{m['num_examples']:,}" if isinstance(m.get("num_examples"), int) else "–", _percent(m.get("accuracy")),
+         _percent(m.get("top5_accuracy")), f"{m['loss']:.4f}" if isinstance(m.get("loss"), (int, float)) else "–"]
+        for label, m in metrics
+    ]
+    if evaluation_rows:
+        evaluation_intro = ("From the run's `eval_results.json` (included in this repository), computed by hf_vit's "
+                            "evaluation loop on the held-out splits after training.")
+    else:
+        evaluation_intro = ("Unknown: the folder this model was published from has no evaluation results "
+                            "(eval_results.json). Measure the accuracy on your data before relying on it.")
+    few_shot_rows = [(shots, _percent(value)) for shots, value in few_shot]
+
+    results = facts.eval_results or {}
+    hardware_lines = []
+    recorded = results.get("hardware") or card_data.get("hardware")
+    if recorded:
+        hardware_lines.append(f"- Hardware: {recorded if isinstance(recorded, str) else json.dumps(recorded)}")
+    if isinstance(results.get("train_seconds"), (int, float)):
+        seconds = results["train_seconds"]
+        line = f"- Training time: {seconds / 60:.1f} min ({seconds:.0f} s)" if seconds >= 60 else f"- Training time: {seconds:.0f} s"
+        if isinstance(results.get("global_step"), int):
+            line += f" for {results['global_step']:,} optimiser steps"
+        if isinstance(results.get("images_per_second"), (int, float)):
+            line += f", {results['images_per_second']:.0f} images/s"
+        hardware_lines.append(line)
+    if facts.run_args and facts.run_args.get("mixed_precision"):
+        hardware_lines.append(f"- Precision: {facts.run_args['mixed_precision']} mixed precision"
+                              if facts.run_args["mixed_precision"] != "no" else "- Precision: float32")
+    if not recorded:
+        hardware_lines.append("- Hardware: not recorded by this run.")
+    if facts.eval_results is None:
+        hardware_lines = ["Unknown: the folder this model was published from records no training run."]
+
+    variables = dict(
+        title=card_data.get("title") or model_name,
+        summary=summary.strip(),
+        details=details,
+        pooling_sentence=pooling_sentence,
+        intended_uses=intended.strip(),
+        limitations=limitations.strip(),
+        repo_id=repo_id,
+        example_label=labels[0] if labels else "LABEL_0",
+        height=height,
+        width=width,
+        num_labels=num_labels,
+        hidden_size=config.get("hidden_size"),
+        ema_subfolder="ema" if facts.ema_folder else None,
+        training_data=training_data,
+        training_intro=training_intro,
+        training_rows=training_rows,
+        evaluation_intro=evaluation_intro,
+        evaluation_rows=evaluation_rows,
+        few_shot_rows=few_shot_rows,
+        hardware="\n".join(hardware_lines),
+        bibtex=PAPER_BIBTEX,
+    )
+    return metadata, variables
+
+
+def render_model_card(folder, repo_id: str, *, card_data=None, template_path=None):
+    """
+    The `huggingface_hub.ModelCard` for a run folder or hf_vit model folder, rendered with `ModelCard.from_template`
+    from `model_cards/template.md` (or `template_path`). `card_data`: a YAML path or dict (see `load_card_data`).
+    """
+    from huggingface_hub import ModelCard
+
+    facts = folder if isinstance(folder, ModelFolder) else read_model_folder(folder)
+    template = Path(template_path) if template_path else DEFAULT_TEMPLATE
+    if not template.is_file():
+        raise FileNotFoundError(
+            f"Card template {template.name!r} not found (looked in {template.parent.name}/); pass `template_path` "
+            "(the template ships in the repository's model_cards/ folder)."
+        )
+    metadata, variables = build_card(facts, repo_id, load_card_data(card_data, facts.dataset))
+    return ModelCard.from_template(metadata, template_path=str(template), **variables)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Local checks of a card (the Hub validates again on push: POST /api/validate-yaml)
+
+
+def check_model_card(text: str, forbidden: tuple = ()) -> list[str]:
+    """
+    Problems with a rendered card, checked offline: the metadata parses with huggingface_hub's own `ModelCard` /
+    `ModelCardData` (strict model-index parsing), has the fields the Hub needs for an image classifier, names valid
+    repo ids, holds finite accuracies in [0, 1]; and no `forbidden` string (a token, a local path) appears anywhere.
+    An empty list means the card is fine.
+    """
+    from huggingface_hub import ModelCard
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    problems = []
+    for secret in forbidden:
+        if secret and secret in text:
+            problems.append("the card contains a forbidden string (a token or a local path)")
+            break
+    try:
+        card = ModelCard(text, ignore_metadata_errors=False)
+    except Exception as error:  # noqa: BLE001  (any parse failure is a problem to report)
+        return problems + [f"metadata does not parse: {type(error).__name__}: {error}"]
+    data = card.data
+    if not card.content.startswith("---\n") or not card.text.strip():
+        problems.append("the card needs a metadata block and a body")
+    if data.pipeline_tag != "image-classification":
+        problems.append(f"pipeline_tag is {data.pipeline_tag!r}, expected 'image-classification'")
+    if not data.library_name:
+        problems.append("library_name is missing")
+    license_id = data.license
+    if not isinstance(license_id, str) or not re.fullmatch(r"[a-z0-9][a-z0-9.\-]*", license_id):
+        problems.append(f"license {license_id!r} is not a Hub license id (e.g. 'apache-2.0', 'mit', 'other')")
+    elif license_id == "other" and not (data.get("license_name") and data.get("license_link")):
+        problems.append("license 'other' needs license_name and license_link")
+    if not isinstance(data.tags, list) or not all(isinstance(t, str) and t for t in data.tags):
+        problems.append("tags must be a list of non-empty strings")
+    for field_name in ("datasets", "base_model"):
+        value = data.get(field_name)
+        for repo_id in ([value] if isinstance(value, str) else value or []):
+            try:
+                validate_repo_id(repo_id)
+            except HFValidationError as error:
+                problems.append(f"{field_name} entry {repo_id!r} is not a valid Hub id: {error}")
+    for result in data.eval_results or []:
+        value = result.metric_value
+        if result.metric_type == "accuracy" and not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 1):
+            problems.append(f"model-index {result.metric_name or result.metric_type} = {value!r} is not an accuracy in [0, 1]")
+    return problems
