@@ -134,7 +134,8 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def _stage_model(folder: Path, target: Path, prefix: str, fallback: Path | None = None) -> list[StagedFile]:
-    """Weights, configs and remote code of one model folder into `target` (`fallback` lends missing files)."""
+    """Weights, configs and remote code of one model folder into `target` (`fallback`: the main model, which lends
+    its code files and any missing config)."""
     config_path = folder / "config.json"
     with open(config_path) as f:
         config = json.load(f)
@@ -161,19 +162,16 @@ def _stage_model(folder: Path, target: Path, prefix: str, fallback: Path | None 
             "model was trained with next to it, e.g. hf_vit.ViTImageProcessor(size={'height': H, 'width': W})"
             ".save_pretrained(folder)."
         )
-    code_folder = folder
-    try:
-        code = _remote_code_files(folder, config)
-    except ValueError:
-        if fallback is None:
-            raise
-        code_folder, code = fallback, _remote_code_files(fallback, config)
+    # NOTE: a subfolder model (ema/) gets the main model's code files: `from_pretrained(repo, subfolder="ema",
+    # trust_remote_code=True)` imports the code at the repository root, so that is the code that must be checked.
+    code_folder = fallback if fallback is not None else folder
+    code = _remote_code_files(code_folder, config)
     for name in names:
         _link_or_copy(folder / name, target / name)
         staged.append(StagedFile(f"{prefix}{name}", (folder / name).stat().st_size, f"{prefix}{name}"))
     for name in code:
         _link_or_copy(code_folder / name, target / name)
-        staged.append(StagedFile(f"{prefix}{name}", (code_folder / name).stat().st_size, f"{name}"))
+        staged.append(StagedFile(f"{prefix}{name}", (code_folder / name).stat().st_size, name))
     return staged
 
 
