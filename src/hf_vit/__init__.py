@@ -6,6 +6,7 @@ Importing the package registers its classes with transformers' Auto classes (mod
 __version__ = "0.1.0"
 
 from transformers import (
+    AutoBackbone,
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
@@ -13,9 +14,10 @@ from transformers import (
 )
 from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPING
 
-from .configuration_hf_vit import VIT_VARIANTS, ViTConfig
+from .configuration_hf_vit import HYBRID_VARIANTS, VIT_VARIANTS, ViTConfig
 from .image_processing_hf_vit import ViTImageProcessor
 from .modeling_hf_vit import (
+    ViTBackbone,
     ViTForImageClassification,
     ViTModel,
     ViTPreTrainedModel,
@@ -29,6 +31,7 @@ def _register():
     AutoConfig.register(ViTConfig.model_type, ViTConfig, exist_ok=True)
     AutoModel.register(ViTConfig, ViTModel, exist_ok=True)
     AutoModelForImageClassification.register(ViTConfig, ViTForImageClassification, exist_ok=True)
+    AutoBackbone.register(ViTConfig, ViTBackbone, exist_ok=True)
     AutoImageProcessor.register(
         ViTConfig, image_processor_classes={"pil": ViTImageProcessor, "torchvision": ViTImageProcessor}, exist_ok=True
     )
@@ -40,13 +43,16 @@ def _register():
     ViTConfig.register_for_auto_class("AutoConfig")
     ViTModel.register_for_auto_class("AutoModel")
     ViTForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+    ViTBackbone.register_for_auto_class("AutoBackbone")
     ViTImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 
 _register()
 
 __all__ = [
+    "HYBRID_VARIANTS",
     "VIT_VARIANTS",
+    "ViTBackbone",
     "ViTConfig",
     "ViTForImageClassification",
     "ViTImageProcessor",

@@ -1,8 +1,11 @@
-"""Configuration of the Vision Transformer (ViT paper, section 3.1 and Table 1)."""
+"""Configuration of the Vision Transformer (ViT paper, section 3.1 and Table 1; hybrids, section 3.1 and 4.1;
+the appendix's position-embedding and pooling options, appendix D.3 and D.4)."""
 
+import math
 import re
 
 from transformers import PreTrainedConfig
+from transformers.backbone_utils import BackboneConfigMixin
 
 
 # Table 1 of the paper, plus Ti and S from "How to train your ViT" / DeiT.
@@ -15,13 +18,33 @@ VIT_VARIANTS = {
     "H": (32, 1280, 5120, 16),
 }
 
-POOLING_TYPES = ("cls", "gap")
-POSITION_EMBEDDING_TYPES = ("learned_1d",)
+# Hybrids of the reference code (vit_jax/configs/models.py): name -> (ViT size, ResNet stage depths, patch size on
+# the feature map, dropout). The "/16" or "/32" of a hybrid's name is its nominal token stride, not a patch size.
+# NOTE: "R-Ti/16" is the reference's "R+ViT-Ti_16": the stem alone (stride 4) and 8x8 patches, an effective stride of
+# 32, although the reference's comment says 16; hf_vit builds what the reference code builds.
+HYBRID_VARIANTS = {
+    "R50+B/16": ("B", [3, 4, 9], 1, 0.1),
+    "R50+L/32": ("L", [3, 4, 6, 3], 1, 0.1),
+    "R26+S/32": ("S", [2, 2, 2, 2], 1, 0.0),
+    "R26+B/32": ("B", [2, 2, 2, 2], 1, 0.0),
+    "R-Ti/16": ("Ti", [], 8, 0.0),
+}
+
+POOLING_TYPES = ("cls", "gap", "max", "gem", "ggem", "map")
+POSITION_EMBEDDING_TYPES = ("learned_1d", "none", "learned_2d", "relative", "sincos_2d")
+# Position-embedding types with learned tables tied to the patch grid: a new grid needs resampling (and the flag).
+GRID_BOUND_POSITION_TYPES = ("learned_1d", "learned_2d", "relative")
 INTERPOLATION_MODES = ("bilinear", "bicubic")
+WEIGHT_STANDARDIZATION_STYLES = ("std_plus_eps", "sqrt_var_plus_eps")
 # The paper's names for the pooling ("classifier" in the reference code) map onto `pooling`.
 _CLASSIFIER_ALIASES = {"token": "cls", "gap": "gap"}
 
-_VARIANT_PATTERN = re.compile(r"^(?P<size>Ti|S|B|L|H)/(?P<patch>\d+)$")
+# The ResNet stem downsamples 4x (7x7/2 conv, 3x3/2 max-pool); every stage after the first halves again.
+STEM_STRIDE = 4
+
+_VARIANT_PATTERN = re.compile(r"^(?:ViT-)?(?P<size>Ti|S|B|L|H)/(?P<patch>\d+)$")
+# Any stage list: "R[3,4,9]+B/1" (the number after "/" is the patch size on the feature map), "R[]+Ti/8".
+_HYBRID_PATTERN = re.compile(r"^R\[(?P<depths>[\d,\s]*)\]\+(?:ViT-)?(?P<size>Ti|S|B|L|H)/(?P<patch>\d+)$")
 
 
 def _pair(value):
@@ -31,7 +54,7 @@ def _pair(value):
     return (value, value)
 
 
-class ViTConfig(PreTrainedConfig):
+class ViTConfig(BackboneConfigMixin, PreTrainedConfig):
     r"""
     Configuration of a hf_vit Vision Transformer. Every architecture choice of the paper lives here; training
     choices (learning rate, masking ratio, data) never do.
@@ -68,21 +91,57 @@ class ViTConfig(PreTrainedConfig):
         qkv_bias (`bool`, *optional*, defaults to `True`):
             Whether the query/key/value projection has a bias.
         pooling (`str`, *optional*, defaults to `"cls"`):
-            How the sequence becomes one vector: `"cls"` (class token) or `"gap"` (mean of the patch tokens after
-            the final LayerNorm, as the reference code). The paper's `classifier="token"|"gap"` is accepted too.
+            How the sequence becomes one vector, always from the tokens after the final LayerNorm:
+            `"cls"` (the class token, the paper's default); `"gap"` (mean of the patch tokens, as the reference code;
+            appendix D.3); `"max"` (channel-wise max over the patch tokens); `"gem"` (generalized mean with one
+            learnable exponent); `"ggem"` (generalized mean with one learnable exponent per group of channels,
+            groups = attention heads, as in the GGeM paper); `"map"` (big_vision's MAPHead: a learned probe attends
+            over the patch tokens, then x + MLP(LN(x))). The paper's `classifier="token"|"gap"` is accepted too.
         use_class_token (`bool`, *optional*):
-            Whether a class token is prepended. Defaults to `pooling == "cls"`.
+            Whether a class token is prepended. Defaults to `pooling == "cls"`; the other poolings ignore it.
+        gem_p_init (`float`, *optional*, defaults to 3.0):
+            Initial exponent of `"gem"` and `"ggem"` pooling (3, as in the GeM paper).
+        drop_path_rate (`float`, *optional*, defaults to 0.0):
+            Stochastic depth: the rate at which a block's residual branches are dropped per sample, growing linearly
+            from 0 at the first block to this value at the last (as timm and DeiT). 0 is the paper.
         representation_size (`int`, *optional*):
             Width of the tanh "pre-logits" layer of the pre-training head; `None` for the fine-tuning head (a single
             linear layer).
         head_zero_init (`bool`, *optional*, defaults to `True`):
             Whether the classifier starts at zero, as in the paper's fine-tuning.
         position_embedding_type (`str`, *optional*, defaults to `"learned_1d"`):
-            `"learned_1d"`: one learned vector per position, the paper's default.
+            The paper's appendix D.4 options: `"learned_1d"` (one learned vector per position, the default);
+            `"none"`; `"learned_2d"` (two learned tables of width D/2, one per column and one per row, concatenated
+            per patch); `"relative"` (1-D relative attention: a learned embedding per offset between two tokens,
+            used as keys against the query, whose logits are added to the attention logits); `"sincos_2d"` (fixed,
+            as big_vision's `posemb_sincos_2d`). Only `"learned_1d"` gives the class token a position embedding
+            (for the others it is a learned vector on its own, as in big_vision).
         position_embedding_interpolation (`str`, *optional*, defaults to `"bilinear"`):
             How position embeddings are resampled to another patch grid: `"bilinear"` or `"bicubic"`.
         position_embedding_align_corners (`bool`, *optional*, defaults to `True`):
             `True` is the reference code (`scipy.ndimage.zoom(order=1)`); `False` is timm's resampling.
+        backbone_depths (`list[int]`, *optional*):
+            The hybrid (section 3.1): `None` for the plain ViT; otherwise the number of bottleneck units of each
+            ResNet stage after the stem (`[]` = the stem alone, `[3, 4, 9]` = R50+B/16's, `[3, 4, 6, 3]` = ResNet-50).
+            The ResNet's feature map is then cut into `patch_size` patches (1x1 in the paper).
+        backbone_width_factor (`float`, *optional*, defaults to 1):
+            Width multiplier of the ResNet: the stem has `64 * backbone_width_factor` channels, stage i outputs
+            `256 * backbone_width_factor * 2**i`. Must make the stem width an integer divisible by
+            `backbone_num_groups`.
+        backbone_num_groups (`int`, *optional*, defaults to 32):
+            Groups of every GroupNorm of the ResNet.
+        backbone_group_norm_eps (`float`, *optional*, defaults to 1e-6):
+            Epsilon of the ResNet's GroupNorms: 1e-6 is Flax's, the reference code's; timm and transformers' BiT
+            use 1e-5.
+        backbone_weight_standardization (`str`, *optional*, defaults to `"std_plus_eps"`):
+            How the ResNet's convolution kernels are standardised: `"std_plus_eps"` is the reference code,
+            `(w - mean) / (std + eps)`; `"sqrt_var_plus_eps"` is BiT's, timm's and transformers',
+            `(w - mean) / sqrt(var + eps)`.
+        backbone_weight_standardization_eps (`float`, *optional*, defaults to 1e-5):
+            The eps of the weight standardisation: 1e-5 in the reference code, 1e-8 in timm and transformers.
+        out_features (`list[str]`, *optional*), out_indices (`list[int]`, *optional*):
+            For `ViTBackbone`: which stages give feature maps, by name (`"stem"` = the embeddings, `"stage{i}"` =
+            the output of block i) or index. Defaults to the last block.
 
     Example:
 
@@ -119,6 +178,14 @@ class ViTConfig(PreTrainedConfig):
         position_embedding_type="learned_1d",
         position_embedding_interpolation="bilinear",
         position_embedding_align_corners=True,
+        gem_p_init=3.0,
+        drop_path_rate=0.0,
+        backbone_depths=None,
+        backbone_width_factor=1,
+        backbone_num_groups=32,
+        backbone_group_norm_eps=1e-6,
+        backbone_weight_standardization="std_plus_eps",
+        backbone_weight_standardization_eps=1e-5,
         **kwargs,
     ):
         classifier = kwargs.pop("classifier", None)
@@ -149,8 +216,23 @@ class ViTConfig(PreTrainedConfig):
         self.position_embedding_type = position_embedding_type
         self.position_embedding_interpolation = position_embedding_interpolation
         self.position_embedding_align_corners = position_embedding_align_corners
+        self.gem_p_init = gem_p_init
+        self.drop_path_rate = drop_path_rate
+        self.backbone_depths = list(backbone_depths) if isinstance(backbone_depths, (list, tuple)) else backbone_depths
+        self.backbone_width_factor = backbone_width_factor
+        self.backbone_num_groups = backbone_num_groups
+        self.backbone_group_norm_eps = backbone_group_norm_eps
+        self.backbone_weight_standardization = backbone_weight_standardization
+        self.backbone_weight_standardization_eps = backbone_weight_standardization_eps
+        # ViTBackbone's stage selection (transformers' BackboneConfigMixin); None until chosen, so a plain config's
+        # JSON does not change. `stage_names` is derived from the depth (a property).
+        out_features, out_indices = kwargs.pop("out_features", None), kwargs.pop("out_indices", None)
+        kwargs.pop("stage_names", None)
+        self._out_features, self._out_indices = None, None
         super().__init__(**kwargs)
         self.validate_architecture()
+        if out_features is not None or out_indices is not None:
+            self.set_output_features_output_indices(out_features=out_features, out_indices=out_indices)
 
     # ----------------------------------------------------------------------------------------------------------------
     # Derived quantities: the model reads these instead of recomputing them.
@@ -166,15 +248,57 @@ class ViTConfig(PreTrainedConfig):
         return _pair(self.patch_size)
 
     @property
+    def is_hybrid(self):
+        """Whether the tokens come from a ResNet feature map (section 3.1's hybrid)."""
+        return self.backbone_depths is not None
+
+    @property
+    def backbone_stride(self):
+        """Downsampling of the hybrid's ResNet (4 for the stem, x2 per stage after the first); 1 for the plain ViT."""
+        if not self.is_hybrid:
+            return 1
+        return STEM_STRIDE * 2 ** max(len(self.backbone_depths) - 1, 0)
+
+    @property
+    def backbone_stem_width(self):
+        """Channels of the hybrid's stem, `64 * backbone_width_factor` (the reference's `int(64 * width_factor)`)."""
+        return int(round(64 * self.backbone_width_factor))
+
+    @property
+    def backbone_out_channels(self):
+        """Channels of the feature map the hybrid's patches are cut from."""
+        width = self.backbone_stem_width
+        if not self.backbone_depths:
+            return width
+        return 4 * width * 2 ** (len(self.backbone_depths) - 1)
+
+    @property
     def grid_size(self):
-        """Patch grid `(rows, cols)` at `image_size`."""
-        (h, w), (ph, pw) = self.image_hw, self.patch_hw
-        return (h // ph, w // pw)
+        """Token grid `(rows, cols)` at `image_size` (patches of the image, or of the hybrid's feature map)."""
+        (h, w), (th, tw) = self.image_hw, self.token_pixel_size
+        return (h // th, w // tw)
 
     @property
     def token_pixel_size(self):
-        """`(height, width)` in input pixels of the image area one patch token stands for (its stride on the image)."""
-        return self.patch_hw
+        """`(height, width)` in input pixels of the image area one patch token stands for (its stride on the image):
+        the patch size, times the ResNet's stride for a hybrid."""
+        ph, pw = self.patch_hw
+        stride = self.backbone_stride
+        return (ph * stride, pw * stride)
+
+    @property
+    def stage_names(self):
+        """`ViTBackbone` stages: "stem" (the embeddings) and "stage1".."stageL" (the output of each block)."""
+        return ["stem"] + [f"stage{i}" for i in range(1, self.num_hidden_layers + 1)]
+
+    @stage_names.setter
+    def stage_names(self, value):
+        # Derived from num_hidden_layers; transformers may try to set it when loading. Only a consistent value is OK.
+        if value is not None and list(value) != self.stage_names:
+            raise ValueError(
+                f"`stage_names` is derived from `num_hidden_layers` ({self.stage_names[0]}..{self.stage_names[-1]}); "
+                f"got {value!r}."
+            )
 
     @property
     def num_patches(self):
@@ -209,13 +333,19 @@ class ViTConfig(PreTrainedConfig):
                 f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
                 f"({self.num_attention_heads})."
             )
-        for side, size, patch in zip(("height", "width"), self.image_hw, self.patch_hw):
-            if size % patch != 0:
+        self._validate_backbone()
+        for side, size, patch, token in zip(("height", "width"), self.image_hw, self.patch_hw, self.token_pixel_size):
+            if size % token != 0:
+                if self.is_hybrid:
+                    raise ValueError(
+                        f"`image_size` {side} ({size}) must be divisible by the token size {token} (the ResNet's "
+                        f"stride {self.backbone_stride} x `patch_size` {patch}); allowed are multiples of {token}."
+                    )
                 raise ValueError(
                     f"`image_size` {side} ({size}) must be divisible by `patch_size` ({patch}); allowed are "
                     f"multiples of {patch}."
                 )
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise ValueError(f"`{name}` must be a probability in [0, 1), got {value!r}.")
@@ -238,34 +368,108 @@ class ViTConfig(PreTrainedConfig):
             raise ValueError("`pooling='cls'` needs `use_class_token=True`; use another `pooling` without it.")
         if self.representation_size is not None:
             _check_positive_int("representation_size", self.representation_size)
+        if isinstance(self.gem_p_init, bool) or not isinstance(self.gem_p_init, (int, float)) or self.gem_p_init <= 0:
+            raise ValueError(f"`gem_p_init` must be a positive number, got {self.gem_p_init!r}.")
+        if self.position_embedding_type == "learned_2d" and self.hidden_size % 2:
+            raise ValueError(
+                f"`position_embedding_type='learned_2d'` concatenates two tables of width hidden_size/2: `hidden_size` "
+                f"must be even, got {self.hidden_size}."
+            )
+        if self.position_embedding_type == "sincos_2d" and (self.hidden_size % 4 or self.hidden_size < 8):
+            raise ValueError(
+                f"`position_embedding_type='sincos_2d'` uses hidden_size/4 frequencies per sin/cos and axis: "
+                f"`hidden_size` must be a multiple of 4 and at least 8, got {self.hidden_size}."
+            )
+
+    def _validate_backbone(self):
+        depths = self.backbone_depths
+        if depths is None:
+            return
+        if not isinstance(depths, (list, tuple)):
+            raise ValueError(
+                f"`backbone_depths` must be None (plain ViT) or a list of stage depths such as [3, 4, 9] ([] for the "
+                f"stem alone), got {depths!r}."
+            )
+        for depth in depths:
+            if isinstance(depth, bool) or not isinstance(depth, int) or depth <= 0:
+                raise ValueError(f"`backbone_depths` must hold positive integers, got {list(depths)!r}.")
+        factor = self.backbone_width_factor
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0:
+            raise ValueError(f"`backbone_width_factor` must be a positive number, got {factor!r}.")
+        if not math.isclose(64 * factor, round(64 * factor), abs_tol=1e-9):
+            raise ValueError(
+                f"`backbone_width_factor` ({factor}) must make the stem width 64 * factor an integer, e.g. 1, 2, 0.5."
+            )
+        _check_positive_int("backbone_num_groups", self.backbone_num_groups)
+        if self.backbone_stem_width % self.backbone_num_groups:
+            raise ValueError(
+                f"The ResNet's stem width ({self.backbone_stem_width} = 64 * `backbone_width_factor`) must be divisible "
+                f"by `backbone_num_groups` ({self.backbone_num_groups})."
+            )
+        for name in ("backbone_group_norm_eps", "backbone_weight_standardization_eps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
+        _check_choice("backbone_weight_standardization", self.backbone_weight_standardization, WEIGHT_STANDARDIZATION_STYLES)
 
     @classmethod
     def from_variant(cls, name, **kwargs):
         r"""
-        Build the config of a named variant in the paper's notation: `"{Ti,S,B,L,H}/{patch}"`, any patch size.
+        Build the config of a named variant in the paper's notation. Keyword arguments override the table (e.g.
+        `image_size=384`, `num_labels=10`).
 
-        Keyword arguments override the table (e.g. `image_size=384`, `num_labels=10`).
+        - Plain: `"{Ti,S,B,L,H}/{patch}"`, any patch size (`"B/16"`; `"ViT-B/16"` too).
+        - The reference code's hybrids, with its patch sizes and dropout: `"R50+B/16"` (stages 3, 4, 9; 1x1 patches),
+          `"R50+L/32"` (3, 4, 6, 3), `"R26+S/32"` and `"R26+B/32"` (2, 2, 2, 2), `"R-Ti/16"` (the stem alone, 8x8
+          patches). `"R50+ViT-B/16"` is accepted too.
+        - Any stage list: `"R[{depths}]+{size}/{patch}"`, where the number after "/" is the patch size on the ResNet's
+          feature map (as for a plain ViT, the patch size): `"R[3,4,9]+B/1"` is R50+B/16's architecture (without its
+          dropout), `"R[]+Ti/8"` is R-Ti/16's, `"R[2,2]+Ti/2"` has stride 8 x 2 = 16 pixels per token.
 
         Example:
 
         ```python
         >>> ViTConfig.from_variant("L/16", image_size=384).num_hidden_layers
         24
+        >>> ViTConfig.from_variant("R50+B/16").token_pixel_size
+        (16, 16)
         ```
         """
-        match = _VARIANT_PATTERN.match(name) if isinstance(name, str) else None
-        if match is None:
-            raise ValueError(
-                f"Unknown variant {name!r}: expected '<size>/<patch>' with size in {list(VIT_VARIANTS)} and an "
-                "integer patch size, e.g. 'B/16'."
-            )
-        layers, hidden, mlp, heads = VIT_VARIANTS[match["size"]]
-        fields = dict(
+        if not isinstance(name, str):
+            raise ValueError(f"Unknown variant {name!r}: expected a string such as 'B/16' or 'R50+B/16'.")
+        key = name.replace("+ViT-", "+")
+        fields = {}
+        if key in HYBRID_VARIANTS:
+            size, depths, patch, dropout = HYBRID_VARIANTS[key]
+            fields.update(backbone_depths=list(depths), hidden_dropout_prob=dropout)
+        elif key.startswith("R"):
+            match = _HYBRID_PATTERN.match(key)
+            if match is None:
+                raise ValueError(
+                    f"Unknown variant {name!r}: hybrids are {list(HYBRID_VARIANTS)} or 'R[<stage depths>]+<size>/"
+                    f"<patch on the feature map>' with size in {list(VIT_VARIANTS)}, e.g. 'R[3,4,9]+B/1' or 'R[]+Ti/8'."
+                )
+            text = match["depths"].strip()
+            depths = [int(d) for d in text.split(",")] if text else []
+            if any(d <= 0 for d in depths):
+                raise ValueError(f"Unknown variant {name!r}: stage depths must be positive integers.")
+            size, patch = match["size"], int(match["patch"])
+            fields.update(backbone_depths=depths)
+        else:
+            match = _VARIANT_PATTERN.match(key)
+            if match is None:
+                raise ValueError(
+                    f"Unknown variant {name!r}: expected '<size>/<patch>' with size in {list(VIT_VARIANTS)} and an "
+                    f"integer patch size, e.g. 'B/16', or a hybrid: {list(HYBRID_VARIANTS)} or 'R[3,4,9]+B/1'."
+                )
+            size, patch = match["size"], int(match["patch"])
+        layers, hidden, mlp, heads = VIT_VARIANTS[size]
+        fields.update(
             num_hidden_layers=layers,
             hidden_size=hidden,
             intermediate_size=mlp,
             num_attention_heads=heads,
-            patch_size=int(match["patch"]),
+            patch_size=patch,
         )
         fields.update(kwargs)
         return cls(**fields)
@@ -281,4 +485,4 @@ def _check_choice(name, value, allowed):
         raise ValueError(f"`{name}` must be one of {list(allowed)}, got {value!r}.")
 
 
-__all__ = ["ViTConfig", "VIT_VARIANTS"]
+__all__ = ["HYBRID_VARIANTS", "ViTConfig", "VIT_VARIANTS"]

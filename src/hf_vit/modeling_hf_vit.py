@@ -1,4 +1,6 @@
-"""The Vision Transformer of "An Image is Worth 16x16 Words" (ViT paper, section 3.1, appendix B.1)."""
+"""The Vision Transformer of "An Image is Worth 16x16 Words" (ViT paper, section 3.1, appendix B.1), with the hybrid
+(section 3.1: ResNet features as the tokens, `modeling_resnetv2.py`) and the appendix's position-embedding and pooling
+options (D.3, D.4) in the same classes."""
 
 import math
 import os
@@ -12,12 +14,19 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.modeling_outputs import (
+    BackboneOutput,
+    BaseModelOutput,
+    BaseModelOutputWithPooling,
+    ImageClassifierOutput,
+)
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import logging
 
-from .configuration_hf_vit import ViTConfig, _pair
+from .configuration_hf_vit import GRID_BOUND_POSITION_TYPES, ViTConfig, _pair
+from .modeling_resnetv2 import ResNetV2Backbone
 from .transformers_vit_format import is_transformers_vit_config, load_transformers_vit
 
 
@@ -60,6 +69,11 @@ def resample_position_embeddings(
     return torch.cat([prefix, grid], dim=1)
 
 
+def _check_num_labels(num_labels) -> None:
+    if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels <= 0:
+        raise ValueError(f"`num_labels` must be a positive integer, got {num_labels!r}.")
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Initialisation, declared by each layer: the reference (Flax) code's schemes.
 
@@ -83,15 +97,39 @@ def _lecun_normal_(tensor: torch.Tensor) -> torch.Tensor:
 # Embeddings
 
 
+def sincos_2d_position_embeddings(grid: tuple[int, int], dim: int, temperature: float = 10_000.0) -> torch.Tensor:
+    """
+    Fixed 2D sin-cos position embeddings, (1, rows * cols, dim), as big_vision's `posemb_sincos_2d` (MoCo v3): per
+    patch, concat(sin(x * w), cos(x * w), sin(y * w), cos(y * w)) with x the column, y the row and dim/4 frequencies
+    w_k = temperature ** (-k / (dim/4 - 1)).
+    """
+    rows, cols = grid
+    quarter = dim // 4
+    omega = 1.0 / temperature ** (torch.arange(quarter, dtype=torch.float64) / (quarter - 1))  # (dim/4,)
+    y, x = torch.meshgrid(torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64), indexing="ij")
+    x = x.reshape(-1, 1) * omega  # (N, dim/4)
+    y = y.reshape(-1, 1) * omega
+    table = torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)  # (N, dim)
+    return table.float().unsqueeze(0)
+
+
 class ViTPatchEmbeddings(nn.Module):
-    """(B, C, H, W) -> (B, N, D) patch tokens: a P x P convolution with stride P (the paper's E)."""
+    """(B, C, H, W) -> (B, N, D) patch tokens: a P x P convolution with stride P (the paper's E), applied to the image,
+    or, for a hybrid, to the feature map of the ResNet in `backbone` (section 3.1)."""
 
     def __init__(self, config: ViTConfig):
         super().__init__()
         self.num_channels = config.num_channels
         self.patch_size = config.patch_hw
+        self.token_size = config.token_pixel_size  # patch size on the image: patch x the ResNet's stride
+        if config.is_hybrid:
+            self.backbone = ResNetV2Backbone(config)
+            in_channels = config.backbone_out_channels
+        else:
+            self.backbone = None
+            in_channels = config.num_channels
         self.projection = _declare_init(
-            nn.Conv2d(config.num_channels, config.hidden_size, kernel_size=self.patch_size, stride=self.patch_size),
+            nn.Conv2d(in_channels, config.hidden_size, kernel_size=self.patch_size, stride=self.patch_size),
             "lecun_normal",
         )
 
@@ -105,92 +143,159 @@ class ViTPatchEmbeddings(nn.Module):
             raise ValueError(
                 f"`pixel_values` has {channels} channels but the model's `num_channels` is {self.num_channels}."
             )
-        if height % self.patch_size[0] or width % self.patch_size[1]:
+        th, tw = self.token_size
+        if height % th or width % tw:
+            detail = ""
+            if self.backbone is not None:
+                detail = (
+                    f" (the hybrid's ResNet stride {th // self.patch_size[0]} x the patch size "
+                    f"{self.patch_size[0]}x{self.patch_size[1]} on its feature map)"
+                )
             raise ValueError(
-                f"Input size {height}x{width} is not divisible by the patch size "
-                f"{self.patch_size[0]}x{self.patch_size[1]}; resize or crop the image to a multiple of it."
+                f"Input size {height}x{width} is not divisible by the patch size {th}x{tw}{detail}; resize or crop the "
+                "image to a multiple of it."
             )
-        x = self.projection(pixel_values)  # (B, D, rows, cols)
+        x = pixel_values if self.backbone is None else self.backbone(pixel_values)  # (B, C', H/s, W/s)
+        x = self.projection(x)  # (B, D, rows, cols)
         grid = (x.shape[2], x.shape[3])
         return x.flatten(2).transpose(1, 2), grid  # (B, N, D)
 
 
 class ViTEmbeddings(nn.Module):
-    """(B, C, H, W) -> (B, prefix + N, D): patch tokens, [class token], + position embeddings, dropout."""
+    """
+    (B, C, H, W) -> (B, prefix + N, D): patch tokens, [class token], + position embeddings, dropout.
+
+    `config.position_embedding_type` picks the absolute position information (appendix D.4): "learned_1d" (one table
+    over the class token and the patches, the paper's), "learned_2d" (a column table and a row table of width D/2,
+    concatenated per patch), "sincos_2d" (fixed), or none at all ("none", and "relative", which acts inside the
+    attention). Except for "learned_1d", the class token gets no position embedding (a learned vector plus a learned
+    constant is just another learned vector; big_vision prepends it after adding the position embeddings too).
+    """
 
     def __init__(self, config: ViTConfig):
         super().__init__()
         self.config = config
+        self.position_embedding_type = config.position_embedding_type
         self.patch_embeddings = ViTPatchEmbeddings(config)
-        self.grid_size = config.grid_size
+        self.grid_size = tuple(config.grid_size)
         self.num_prefix_tokens = config.num_prefix_tokens
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.use_class_token else None
-        self.position_embeddings = nn.Parameter(
-            torch.zeros(1, self.num_prefix_tokens + config.num_patches, config.hidden_size)
-        )
+        rows, cols = self.grid_size
+        if self.position_embedding_type == "learned_1d":
+            self.position_embeddings = nn.Parameter(
+                torch.zeros(1, self.num_prefix_tokens + config.num_patches, config.hidden_size)
+            )
+        elif self.position_embedding_type == "learned_2d":
+            # The paper's X and Y embeddings: a patch at (row, col) gets concat(X[col], Y[row]).
+            half = config.hidden_size // 2
+            self.column_position_embeddings = nn.Parameter(torch.zeros(1, cols, half))
+            self.row_position_embeddings = nn.Parameter(torch.zeros(1, rows, half))
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def embed_patches(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B, C, H, W) -> (B, N, D) patch embeddings before any position information, and the patch grid."""
         return self.patch_embeddings(pixel_values)
 
-    def position_embeddings_for(self, grid: tuple[int, int], interpolate_pos_encoding: bool) -> torch.Tensor:
-        """(1, prefix + rows * cols, D) position embeddings for a patch grid."""
-        if grid == tuple(self.grid_size):
-            return self.position_embeddings
-        if not interpolate_pos_encoding:
-            ph, pw = self.patch_embeddings.patch_size
-            raise ValueError(
-                f"Input image size ({grid[0] * ph}x{grid[1] * pw}) doesn't match the model's image_size "
-                f"({self.grid_size[0] * ph}x{self.grid_size[1] * pw}). Pass `interpolate_pos_encoding=True` to "
-                "resample the position embeddings for this call, or call "
-                f"`model.resize_position_embeddings(({grid[0] * ph}, {grid[1] * pw}))` to change the model's "
-                "resolution for good (it is then saved with the model)."
-            )
+    def _resample(self, table: torch.Tensor, old_grid, new_grid, num_prefix_tokens: int) -> torch.Tensor:
         return resample_position_embeddings(
-            self.position_embeddings,
-            self.grid_size,
-            grid,
-            num_prefix_tokens=self.num_prefix_tokens,
+            table,
+            old_grid,
+            new_grid,
+            num_prefix_tokens=num_prefix_tokens,
             mode=self.config.position_embedding_interpolation,
             align_corners=self.config.position_embedding_align_corners,
         )
+
+    def check_grid(self, grid: tuple[int, int], interpolate_pos_encoding: bool) -> None:
+        """Raise the resolution error when the position information is tied to another grid and the flag is off."""
+        if tuple(grid) == tuple(self.grid_size) or interpolate_pos_encoding:
+            return
+        if self.position_embedding_type not in GRID_BOUND_POSITION_TYPES:
+            return  # "none" and "sincos_2d" work on any grid
+        th, tw = self.patch_embeddings.token_size
+        raise ValueError(
+            f"Input image size ({grid[0] * th}x{grid[1] * tw}) doesn't match the model's image_size "
+            f"({self.grid_size[0] * th}x{self.grid_size[1] * tw}). Pass `interpolate_pos_encoding=True` to "
+            "resample the position embeddings for this call, or call "
+            f"`model.resize_position_embeddings(({grid[0] * th}, {grid[1] * tw}))` to change the model's "
+            "resolution for good (it is then saved with the model)."
+        )
+
+    def position_embeddings_for(self, grid: tuple[int, int], interpolate_pos_encoding: bool) -> torch.Tensor | None:
+        """
+        The absolute position embeddings for a patch grid: (1, prefix + rows * cols, D) for "learned_1d" (the class
+        token's row first), (1, rows * cols, D) for "learned_2d" and "sincos_2d", None for "none" and "relative".
+        """
+        grid = tuple(grid)
+        self.check_grid(grid, interpolate_pos_encoding)
+        kind = self.position_embedding_type
+        if kind == "learned_1d":
+            if grid == tuple(self.grid_size):
+                return self.position_embeddings
+            return self._resample(self.position_embeddings, self.grid_size, grid, self.num_prefix_tokens)
+        if kind == "learned_2d":
+            rows, cols = grid
+            columns = self._resample(self.column_position_embeddings, (1, self.grid_size[1]), (1, cols), 0)
+            row_table = self._resample(self.row_position_embeddings, (1, self.grid_size[0]), (1, rows), 0)
+            half = columns.shape[-1]
+            columns = columns.view(1, 1, cols, half).expand(1, rows, cols, half)
+            row_table = row_table.view(1, rows, 1, half).expand(1, rows, cols, half)
+            return torch.cat([columns, row_table], dim=-1).reshape(1, rows * cols, 2 * half)  # (1, N, D)
+        if kind == "sincos_2d":
+            table = sincos_2d_position_embeddings(grid, self.config.hidden_size)
+            reference = self.patch_embeddings.projection.weight
+            return table.to(device=reference.device, dtype=reference.dtype)
+        return None
 
     def add_positions(
         self, patch_embeddings: torch.Tensor, grid: tuple[int, int], interpolate_pos_encoding: bool = False
     ) -> torch.Tensor:
         """(B, N, D) -> (B, prefix + N, D): prepend the class token, add position embeddings, dropout."""
         x = patch_embeddings
+        table = self.position_embeddings_for(grid, interpolate_pos_encoding)
+        if table is not None and self.position_embedding_type != "learned_1d":
+            x = x + table  # patch rows only: the class token gets none (big_vision's order)
+            table = None
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1+N, D)
-        x = x + self.position_embeddings_for(grid, interpolate_pos_encoding)
+        if table is not None:
+            x = x + table
         return self.dropout(x)
 
     def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
         patches, grid = self.embed_patches(pixel_values)
         return self.add_positions(patches, grid, interpolate_pos_encoding)
 
+    def grid_for(self, image_size) -> tuple[int, int]:
+        """The token grid of an `image_size` (int or (height, width)), or a clear error when it does not divide."""
+        th, tw = self.patch_embeddings.token_size
+        height, width = _pair(image_size)
+        if height % th or width % tw:
+            raise ValueError(
+                f"`image_size` ({height}x{width}) must be divisible by the patch size ({th}x{tw} on the image)."
+            )
+        return (height // th, width // tw)
+
     @torch.no_grad()
     def resize(self, image_size) -> None:
         """Resample the position embeddings for good to `image_size` (int or (height, width))."""
-        ph, pw = self.patch_embeddings.patch_size
-        height, width = _pair(image_size)
-        if height % ph or width % pw:
-            raise ValueError(
-                f"`image_size` ({height}x{width}) must be divisible by the patch size ({ph}x{pw})."
-            )
-        new_grid = (height // ph, width // pw)
-        resampled = resample_position_embeddings(
-            self.position_embeddings.data,
-            self.grid_size,
-            new_grid,
-            num_prefix_tokens=self.num_prefix_tokens,
-            mode=self.config.position_embedding_interpolation,
-            align_corners=self.config.position_embedding_align_corners,
-        )
-        self.position_embeddings = nn.Parameter(resampled, requires_grad=self.position_embeddings.requires_grad)
-        self.grid_size = new_grid
+        new_grid = self.grid_for(image_size)
 
+        def replace(name, value):
+            old = getattr(self, name)
+            setattr(self, name, nn.Parameter(value, requires_grad=old.requires_grad))
+
+        if self.position_embedding_type == "learned_1d":
+            replace(
+                "position_embeddings",
+                self._resample(self.position_embeddings.data, self.grid_size, new_grid, self.num_prefix_tokens),
+            )
+        elif self.position_embedding_type == "learned_2d":
+            columns = self._resample(self.column_position_embeddings.data, (1, self.grid_size[1]), (1, new_grid[1]), 0)
+            row_table = self._resample(self.row_position_embeddings.data, (1, self.grid_size[0]), (1, new_grid[0]), 0)
+            replace("column_position_embeddings", columns)
+            replace("row_position_embeddings", row_table)
+        self.grid_size = new_grid
 
 # --------------------------------------------------------------------------------------------------------------------
 # Encoder
@@ -204,22 +309,50 @@ def eager_attention_forward(
     attention_mask: torch.Tensor | None,
     scaling: float,
     dropout: float = 0.0,
+    position_bias: torch.Tensor | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax(q k^T * scaling + mask) v with explicit weights. (B, H, N, d) -> (B, N, H, d), (B, H, N, N)."""
+    """Softmax(q k^T * scaling + mask + bias) v with explicit weights. (B, H, n, d) -> (B, n, H, d), (B, H, n, N)."""
     scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
     if attention_mask is not None:
         scores = scores + attention_mask
+    if position_bias is not None:
+        scores = scores + position_bias
     weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     dropped = F.dropout(weights, p=dropout, training=module.training)
     output = torch.matmul(dropped, value).transpose(1, 2).contiguous()
     return output, weights
 
 
-class ViTSelfAttention(nn.Module):
-    """(B, N, D) -> (B, N, D) multi-head self-attention with a fused qkv projection, through any attention backend."""
+def _relative_index(num_queries: int, num_patches: int, num_prefix_tokens: int, device) -> torch.Tensor:
+    """
+    (n, prefix + N) indices into the relative table [offsets -(N-1)..N-1 | prefix->patch | patch->prefix |
+    prefix->prefix] for the first n query tokens against every key token.
+    """
+    tokens = num_prefix_tokens + num_patches
+    q = torch.arange(num_queries, device=device).view(-1, 1)
+    k = torch.arange(tokens, device=device).view(1, -1)
+    index = q - k + (num_patches - 1)  # patch -> patch: the 1-D offset in raster order
+    if num_prefix_tokens:
+        q_prefix, k_prefix = q < num_prefix_tokens, k < num_prefix_tokens
+        offsets = 2 * num_patches - 1
+        index = torch.where(q_prefix & ~k_prefix, offsets, index)
+        index = torch.where(~q_prefix & k_prefix, offsets + 1, index)
+        index = torch.where(q_prefix & k_prefix, offsets + 2, index)
+    return index
 
-    def __init__(self, config: ViTConfig, layer_idx: int = 0):
+
+class ViTSelfAttention(nn.Module):
+    """
+    (B, N, D) -> (B, N, D) multi-head self-attention with a fused qkv projection, through any attention backend.
+
+    With `position_embedding_type="relative"` (appendix D.4, "1-dimensional relative attention"): every offset
+    i - j between two patch positions in the sequence has a learned D-wide embedding, split into heads like a key;
+    the query against these keys gives a second set of logits that is added to the content logits before the softmax.
+    The class token's pairs (class->patch, patch->class, class->class) have one learned embedding each.
+    """
+
+    def __init__(self, config: ViTConfig, layer_idx: int = 0, use_relative_positions: bool | None = None):
         super().__init__()
         self.config = config
         self.layer_idx = layer_idx
@@ -232,32 +365,100 @@ class ViTSelfAttention(nn.Module):
             nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias), "xavier_uniform_fused_qkv"
         )
         self.o_proj = _declare_init(nn.Linear(config.hidden_size, config.hidden_size), "xavier_uniform")
+        if use_relative_positions is None:
+            use_relative_positions = config.position_embedding_type == "relative"
+        self.num_prefix_tokens = config.num_prefix_tokens
+        self.num_patches = config.num_patches
+        if use_relative_positions:
+            self.relative_position_embeddings = nn.Parameter(torch.zeros(2 * config.num_patches - 1, config.hidden_size))
+            self.prefix_relative_embeddings = (
+                nn.Parameter(torch.zeros(3, config.hidden_size)) if self.num_prefix_tokens else None
+            )
+        else:
+            self.relative_position_embeddings = None
+            self.prefix_relative_embeddings = None
+
+    # ---- relative positions ----------------------------------------------------------------------------------------
+
+    def _relative_table(self, num_patches: int) -> torch.Tensor:
+        """(2N - 1 [+ 3], D): the offset table for N patches (resampled when N differs from the model's)."""
+        table = self.relative_position_embeddings
+        if num_patches != self.num_patches:
+            table = resample_1d_table(table, 2 * num_patches - 1, self.config)
+        if self.prefix_relative_embeddings is not None:
+            table = torch.cat([table, self.prefix_relative_embeddings], dim=0)
+        return table
+
+    def relative_position_bias(self, query: torch.Tensor, num_tokens: int) -> torch.Tensor:
+        """(B, H, n, d) queries -> (B, H, n, T) logits of the query against the relative embeddings of each offset."""
+        batch, heads, num_queries, head_dim = query.shape
+        num_patches = num_tokens - self.num_prefix_tokens
+        table = self._relative_table(num_patches).to(query.dtype)
+        table = table.view(-1, heads, head_dim)  # (L, H, d): each offset's embedding split into heads, like a key
+        logits = torch.einsum("bhnd,lhd->bhnl", query, table) * self.scaling  # (B, H, n, L)
+        index = _relative_index(num_queries, num_patches, self.num_prefix_tokens, query.device)  # (n, T)
+        return logits.gather(-1, index.expand(batch, heads, num_queries, num_tokens))  # (B, H, n, T)
+
+    @torch.no_grad()
+    def resize_relative_positions(self, num_patches: int) -> None:
+        """Resample the offset table for good to N patches (the persistent resize)."""
+        if self.relative_position_embeddings is None or num_patches == self.num_patches:
+            self.num_patches = num_patches
+            return
+        old = self.relative_position_embeddings
+        table = resample_1d_table(old.data, 2 * num_patches - 1, self.config)
+        self.relative_position_embeddings = nn.Parameter(table, requires_grad=old.requires_grad)
+        self.num_patches = num_patches
+
+    # ---- forward ---------------------------------------------------------------------------------------------------
 
     def forward(
-        self, hidden_states: torch.Tensor, output_attentions: bool = False, num_queries: int | None = None
+        self,
+        hidden_states: torch.Tensor,
+        output_attentions: bool = False,
+        num_queries: int | None = None,
+        query_states: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`num_queries`: attend from the first n tokens only (keys and values stay all N); output (B, n, D)."""
+        """
+        `num_queries`: attend from the first n tokens only (keys and values stay all N); output (B, n, D).
+        `query_states` (B, n, D): attend from these instead (cross-attention, the MAP head's probe); output (B, n, D).
+        """
         batch, length, _ = hidden_states.shape
-        if num_queries is None:
+        if num_queries is None and query_states is None:
             qkv = self.qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
             query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, d)
+            num_queries = length
         else:
-            # Rows [0, D) of the fused kernel are q, [D, 3D) are k and v: project q for the first n tokens only.
+            # Rows [0, D) of the fused kernel are q, [D, 3D) are k and v: project q for the queries only.
             width = self.config.hidden_size
             weight, bias = self.qkv.weight, self.qkv.bias
-            query = F.linear(hidden_states[:, :num_queries], weight[:width], None if bias is None else bias[:width])
-            query = query.view(batch, num_queries, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, n, d)
+            source = hidden_states[:, :num_queries] if query_states is None else query_states
+            num_queries = source.shape[1]
+            query = F.linear(source, weight[:width], None if bias is None else bias[:width])
+            query = query.view(source.shape[0], num_queries, self.num_heads, self.head_dim).transpose(1, 2)  # (B,H,n,d)
             kv = F.linear(hidden_states, weight[width:], None if bias is None else bias[width:])
             key, value = kv.view(batch, length, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-            length = num_queries
+            if query.shape[0] != batch:
+                query = query.expand(batch, -1, -1, -1)
+
+        position_bias = None
+        if self.relative_position_embeddings is not None:
+            position_bias = self.relative_position_bias(query, length)
 
         implementation = self.config._attn_implementation or "sdpa"
+        if position_bias is not None and "flash" in implementation:
+            raise ValueError(
+                f"`position_embedding_type='relative'` adds a bias to the attention logits, which "
+                f"attn_implementation={implementation!r} cannot take (flash attention has no additive bias). Use "
+                "'sdpa' (the default), 'eager' or 'flex_attention', or another `position_embedding_type`."
+            )
         if output_attentions or implementation == "eager":
             # Whatever the backend, asking for the weights computes them (transformers' own ViT returns nothing
             # under sdpa); the output is the same attention, computed explicitly.
             attention_interface: Callable = eager_attention_forward
         else:
             attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        extra = {} if position_bias is None else {"position_bias": position_bias}
         output, weights = attention_interface(
             self,
             query,
@@ -267,27 +468,62 @@ class ViTSelfAttention(nn.Module):
             dropout=self.attention_dropout if self.training else 0.0,
             scaling=self.scaling,
             is_causal=False,
+            **extra,
         )
-        output = self.o_proj(output.reshape(batch, length, -1))  # (B, N, H, d) -> (B, N, D)
+        output = self.o_proj(output.reshape(batch, num_queries, -1))  # (B, n, H, d) -> (B, n, D)
         return output, (weights if output_attentions else None)
+
+
+def resample_1d_table(table: torch.Tensor, length: int, config: ViTConfig) -> torch.Tensor:
+    """(L, D) -> (length, D): a table indexed by a 1-D position resampled like the position embeddings (a 1 x L
+    grid through `resample_position_embeddings`), e.g. the relative attention's offsets for a longer sequence."""
+    old = table.shape[0]
+    resampled = resample_position_embeddings(
+        table.unsqueeze(0),
+        (1, old),
+        (1, length),
+        num_prefix_tokens=0,
+        mode=config.position_embedding_interpolation,
+        align_corners=config.position_embedding_align_corners,
+    )
+    return resampled.squeeze(0)
 
 
 class ViTMLP(nn.Module):
     """(B, N, D) -> (B, N, D): dense, activation, dropout, dense (the block's trailing dropout is the layer's)."""
 
-    def __init__(self, config: ViTConfig):
+    def __init__(self, config: ViTConfig, dropout: float | None = None):
         super().__init__()
         self.fc1 = _declare_init(nn.Linear(config.hidden_size, config.intermediate_size), "mlp")
         self.activation = ACT2FN[config.hidden_act]
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
         self.fc2 = _declare_init(nn.Linear(config.intermediate_size, config.hidden_size), "mlp")
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.dropout(self.activation(self.fc1(hidden_states))))
 
 
+class DropPath(nn.Module):
+    """Stochastic depth: in training, zero a residual branch for a random subset of samples and rescale the rest."""
+
+    def __init__(self, rate: float = 0.0):
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rate == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.rate
+        mask = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype, device=x.device).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate}"
+
+
 class ViTLayer(GradientCheckpointingLayer):
-    """One pre-LN block: x + Dropout(MSA(LN(x))), then x + Dropout(MLP(LN(x))). (B, N, D) -> (B, N, D)."""
+    """One pre-LN block: x + Dropout(MSA(LN(x))), then x + Dropout(MLP(LN(x))). (B, N, D) -> (B, N, D).
+    With stochastic depth, each residual branch is also dropped per sample (`drop_path`)."""
 
     def __init__(self, config: ViTConfig, layer_idx: int = 0):
         super().__init__()
@@ -296,6 +532,9 @@ class ViTLayer(GradientCheckpointingLayer):
         self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = ViTMLP(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        # Linear in depth, 0 at the first block (timm's and DeiT's schedule).
+        last = max(config.num_hidden_layers - 1, 1)
+        self.drop_path = DropPath(config.drop_path_rate * layer_idx / last)
 
     def forward(
         self, hidden_states: torch.Tensor, output_attentions: bool = False, num_queries: int | None = None
@@ -304,8 +543,8 @@ class ViTLayer(GradientCheckpointingLayer):
         attention_output, weights = self.attention(self.layernorm_before(hidden_states), output_attentions, num_queries)
         if num_queries is not None:
             hidden_states = hidden_states[:, :num_queries]
-        hidden_states = hidden_states + self.dropout(attention_output)
-        hidden_states = hidden_states + self.dropout(self.mlp(self.layernorm_after(hidden_states)))
+        hidden_states = hidden_states + self.drop_path(self.dropout(attention_output))
+        hidden_states = hidden_states + self.drop_path(self.dropout(self.mlp(self.layernorm_after(hidden_states))))
         return hidden_states, weights
 
 
@@ -343,17 +582,48 @@ class ViTEncoder(nn.Module):
 # Pooling and heads
 
 
+class ViTMAPHead(nn.Module):
+    """
+    big_vision's MAPHead, (B, N, D) -> (B, D): a learned probe attends over the tokens (multi-head, its own fused
+    q/kv and output projections), then x + MLP(LN(x)). No dropout, as in big_vision.
+    """
+
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        self.probe = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.attention = ViTSelfAttention(config, use_relative_positions=False)
+        self.attention.attention_dropout = 0.0
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = ViTMLP(config, dropout=0.0)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x, _ = self.attention(tokens, query_states=self.probe)  # (B, 1, D)
+        x = x + self.mlp(self.layernorm(x))
+        return x[:, 0]
+
+
 class ViTPooler(nn.Module):
     """(B, prefix + N, D) after the final LayerNorm -> (B, D') pooled representation.
 
-    `pooling` chooses the vector ("cls": the class token; "gap": the mean of the patch tokens); with
-    `representation_size` set, a tanh "pre-logits" layer follows, as in the paper's pre-training head.
+    `pooling` chooses the vector: "cls" (the class token), or, over the patch tokens only, "gap" (mean), "max"
+    (channel-wise max), "gem" / "ggem" (generalized mean (mean(clamp(x, eps)^p))^(1/p) with one learnable p, or one
+    per group of D / heads channels as in GGeM), "map" (big_vision's MAPHead). With `representation_size` set, a tanh
+    "pre-logits" layer follows, as in the paper's pre-training head.
     """
+
+    # NOTE: GeM assumes non-negative features (after a ReLU in CNNs); tokens after the final LayerNorm are not, so
+    # they are clamped at this eps first, as GeM and GGeM do.
+    gem_eps = 1e-6
 
     def __init__(self, config: ViTConfig):
         super().__init__()
         self.pooling = config.pooling
         self.num_prefix_tokens = config.num_prefix_tokens
+        self.gem_p_init = config.gem_p_init
+        if self.pooling in ("gem", "ggem"):
+            groups = 1 if self.pooling == "gem" else config.num_attention_heads
+            self.gem_p = nn.Parameter(torch.full((groups,), float(config.gem_p_init)))
+        self.map_head = ViTMAPHead(config) if self.pooling == "map" else None
         if config.representation_size is not None:
             self.dense = _declare_init(nn.Linear(config.hidden_size, config.representation_size), "lecun_normal")
             self.activation = nn.Tanh()
@@ -363,8 +633,18 @@ class ViTPooler(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if self.pooling == "cls":
             pooled = hidden_states[:, 0]
-        else:  # "gap": after the final LayerNorm, as the reference code (timm averages before its norm)
-            pooled = hidden_states[:, self.num_prefix_tokens :].mean(dim=1)
+        else:
+            patches = hidden_states[:, self.num_prefix_tokens :]  # (B, N, D)
+            if self.pooling == "gap":  # after the final LayerNorm, as the reference code (timm averages before its norm)
+                pooled = patches.mean(dim=1)
+            elif self.pooling == "max":
+                pooled = patches.amax(dim=1)
+            elif self.pooling in ("gem", "ggem"):
+                channels = patches.shape[-1]
+                p = self.gem_p.repeat_interleave(channels // self.gem_p.numel()).to(patches.dtype)  # (D,)
+                pooled = patches.clamp(min=self.gem_eps).pow(p).mean(dim=1).pow(1.0 / p)
+            else:  # "map"
+                pooled = self.map_head(patches)
         if self.dense is not None:
             pooled = self.activation(self.dense(pooled))
         return pooled
@@ -410,23 +690,49 @@ class ViTPreTrainedModel(PreTrainedModel):
                 raise ValueError(f"Unknown init_scheme {scheme!r}; allowed are {list(INIT_SCHEMES)}.")
             if bias is not None:
                 init.zeros_(bias)
-        elif isinstance(module, nn.LayerNorm):
+        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
             init.ones_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, ViTEmbeddings):
-            init.normal_(module.position_embeddings, std=self.config.initializer_range)
+            for name in ("position_embeddings", "column_position_embeddings", "row_position_embeddings"):
+                if hasattr(module, name):
+                    init.normal_(getattr(module, name), std=self.config.initializer_range)
             if module.cls_token is not None:
                 init.zeros_(module.cls_token)
+        elif isinstance(module, ViTSelfAttention) and module.relative_position_embeddings is not None:
+            # NOTE: the paper gives no initialisation for the relative embeddings; the position embeddings' N(0, 0.02).
+            init.normal_(module.relative_position_embeddings, std=self.config.initializer_range)
+            if module.prefix_relative_embeddings is not None:
+                init.normal_(module.prefix_relative_embeddings, std=self.config.initializer_range)
+        elif isinstance(module, ViTPooler) and hasattr(module, "gem_p"):
+            init.constant_(module.gem_p, module.gem_p_init)
+        elif isinstance(module, ViTMAPHead):
+            # big_vision: xavier_uniform over the (1, 1, D) probe, i.e. fan_in 1, fan_out D.
+            bound = math.sqrt(6.0 / (1 + module.probe.shape[-1]))
+            init.uniform_(module.probe, -bound, bound)
 
     # ----------------------------------------------------------------------------------------------------------------
     # Declarative training hints (the optimiser lives in hf_vit.training, never here).
 
+    # Parameters that are position information or learned tokens: no weight decay (as biases and norms).
+    _NO_DECAY_LEAVES = (
+        "position_embeddings",
+        "column_position_embeddings",
+        "row_position_embeddings",
+        "relative_position_embeddings",
+        "prefix_relative_embeddings",
+        "cls_token",
+        "probe",
+        "gem_p",
+    )
+
     def no_weight_decay_parameter_names(self) -> set[str]:
-        """Parameters the paper's recipes exclude from weight decay: biases, norms, position embeddings, class token."""
+        """Parameters the paper's recipes exclude from weight decay: biases, norms, position embeddings, class token
+        (and the other options' learned positions, the MAP probe and the GeM exponents)."""
         names = set()
         for name, param in self.named_parameters():
             leaf = name.rsplit(".", 1)[-1]
-            if param.ndim <= 1 or leaf in ("position_embeddings", "cls_token") or "layernorm" in name:
+            if param.ndim <= 1 or leaf in self._NO_DECAY_LEAVES or "layernorm" in name:
                 names.add(name)
         return names
 
@@ -454,6 +760,9 @@ class ViTPreTrainedModel(PreTrainedModel):
         """
         base = getattr(self, self.base_model_prefix, self)
         base.embeddings.resize(image_size)
+        num_patches = base.embeddings.grid_size[0] * base.embeddings.grid_size[1]
+        for layer in base.encoder.layers:
+            layer.attention.resize_relative_positions(num_patches)
         self.config.image_size = list(image_size) if isinstance(image_size, (list, tuple)) else image_size
         self.config.validate_architecture()
 
@@ -466,13 +775,34 @@ class ViTPreTrainedModel(PreTrainedModel):
         Load an hf_vit model, or a transformers "vit" checkpoint (its config and weights, both the 5.x and the legacy
         4.x key names, are translated; the model is then hf_vit's and saves in hf_vit's format).
 
+        Transfer, as in the paper (section 3.2): a classifier loaded with `ignore_mismatched_sizes=True` whose head
+        does not come from the checkpoint (another `num_labels` / `id2label`, or a checkpoint without a head) gets the
+        fine-tuning head: the tanh pre-logits layer is dropped and the new linear head starts at zero (see
+        `ViTForImageClassification.prepare_for_fine_tuning`). Pass `keep_pre_logits=True` to keep the pre-logits.
+
         Everything else is `PreTrainedModel.from_pretrained`.
         """
-        if kwargs.get("config") is None and pretrained_model_name_or_path is not None:
-            if is_transformers_vit_config(pretrained_model_name_or_path, kwargs):
-                config, state_dict, kwargs = load_transformers_vit(cls.config_class, pretrained_model_name_or_path, kwargs)
-                return super().from_pretrained(None, *model_args, config=config, state_dict=state_dict, **kwargs)
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        keep_pre_logits = kwargs.pop("keep_pre_logits", False)
+        transfer = bool(kwargs.get("ignore_mismatched_sizes")) and hasattr(cls, "prepare_for_fine_tuning")
+        wants_info = kwargs.get("output_loading_info", False)
+        if transfer:
+            kwargs["output_loading_info"] = True
+        if kwargs.get("config") is None and pretrained_model_name_or_path is not None and is_transformers_vit_config(
+            pretrained_model_name_or_path, kwargs
+        ):
+            config, state_dict, kwargs = load_transformers_vit(cls.config_class, pretrained_model_name_or_path, kwargs)
+            result = super().from_pretrained(None, *model_args, config=config, state_dict=state_dict, **kwargs)
+        else:
+            result = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        if not transfer:
+            return result
+        model, info = result
+        fresh = set(info.get("missing_keys", ())) | {
+            entry[0] if isinstance(entry, (tuple, list)) else entry for entry in info.get("mismatched_keys", ())
+        }
+        if any(key.startswith("classifier.") for key in fresh):
+            model.prepare_for_fine_tuning(keep_pre_logits=keep_pre_logits)
+        return (model, info) if wants_info else model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`, with every Auto class in `auto_map` so the folder loads without hf_vit."""
@@ -491,6 +821,7 @@ AUTO_MAP = {
     "AutoConfig": "configuration_hf_vit.ViTConfig",
     "AutoModel": "modeling_hf_vit.ViTModel",
     "AutoModelForImageClassification": "modeling_hf_vit.ViTForImageClassification",
+    "AutoBackbone": "modeling_hf_vit.ViTBackbone",
     "AutoImageProcessor": "image_processing_hf_vit.ViTImageProcessor",
 }
 
@@ -618,6 +949,39 @@ class ViTForImageClassification(ViTPreTrainedModel):
             self.classifier = nn.Identity()
         self.post_init()
 
+    def prepare_for_fine_tuning(
+        self, num_labels: int | None = None, id2label: dict | None = None, keep_pre_logits: bool = False
+    ) -> "ViTForImageClassification":
+        """
+        Turn a (pre-trained) classifier into the paper's fine-tuning model (section 3.2, appendix B.1.1): drop the tanh
+        pre-logits layer (`representation_size` becomes None) and put a new zero-initialised linear head for the new
+        label set on top; every other weight is kept. Labels from `id2label` (which sets `num_labels`), else
+        `num_labels`, else the config's. Returns the model.
+
+        `from_pretrained(..., num_labels=K, ignore_mismatched_sizes=True)` calls it when the head is new.
+        """
+        config = self.config
+        if id2label is not None:
+            id2label = {int(k): v for k, v in id2label.items()}
+            config.id2label = id2label
+            config.label2id = {v: k for k, v in id2label.items()}
+        elif num_labels is not None:
+            _check_num_labels(num_labels)
+            config.num_labels = num_labels
+        if not keep_pre_logits:
+            config.representation_size = None
+            self.vit.pooler.dense = None
+        config.head_zero_init = True
+        reference = self.vit.layernorm.weight
+        width = config.representation_size or config.hidden_size
+        head = nn.Linear(width, config.num_labels, device=reference.device, dtype=reference.dtype)
+        with torch.no_grad():
+            head.weight.zero_()
+            head.bias.zero_()
+        self.classifier = _declare_init(head, "zeros")
+        self.num_labels = config.num_labels
+        return self
+
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -651,7 +1015,85 @@ class ViTForImageClassification(ViTPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
+class ViTBackbone(BackboneMixin, ViTPreTrainedModel):
+    r"""
+    ViT as a backbone for dense tasks (`AutoBackbone`): feature maps (B, D, rows, cols) from the chosen stages,
+    `config.out_features` / `out_indices` among `config.stage_names` ("stem" = the embeddings, "stage{i}" = the
+    output of block i; default: the last block).
+
+    Each chosen stage goes through the final LayerNorm, loses its prefix (class) token and is laid out on the token
+    grid. NOTE: one shared LayerNorm for every stage, as transformers' Dinov2Backbone does; the paper has no dense
+    head to follow.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from hf_vit import ViTBackbone, ViTConfig
+    >>> config = ViTConfig(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+    ...                    intermediate_size=128, out_features=["stage1", "stage2"])
+    >>> [tuple(f.shape) for f in ViTBackbone(config)(torch.randn(1, 3, 32, 32)).feature_maps]
+    [(1, 64, 4, 4), (1, 64, 4, 4)]
+    ```
+    """
+
+    def __init__(self, config: ViTConfig):
+        if config.out_features is None and config.out_indices is None:
+            config.set_output_features_output_indices(out_features=None, out_indices=None)  # the last block
+        super().__init__(config)
+        config.validate_architecture()
+        self.embeddings = ViTEmbeddings(config)
+        self.encoder = ViTEncoder(config)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.num_features = [config.hidden_size] * (config.num_hidden_layers + 1)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.patch_embeddings
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        **kwargs,
+    ) -> BackboneOutput | tuple:
+        r"""
+        pixel_values (`torch.Tensor` of shape `(batch_size, num_channels, height, width)`):
+            Images as produced by `ViTImageProcessor`; another size than `config.image_size` needs
+            `interpolate_pos_encoding=True`, as for `ViTModel`.
+        """
+        if pixel_values is None:
+            raise ValueError("`pixel_values` is required (a (batch, channels, height, width) float tensor).")
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        weight = self.embeddings.patch_embeddings.projection.weight
+        if pixel_values.dtype != weight.dtype:
+            pixel_values = pixel_values.to(weight.dtype)
+        patches, grid = self.embeddings.embed_patches(pixel_values)
+        embeddings = self.embeddings.add_positions(patches, grid, bool(interpolate_pos_encoding))
+        encoded = self.encoder(embeddings, output_attentions=output_attentions, output_hidden_states=True)
+        prefix = self.config.num_prefix_tokens
+        feature_maps = ()
+        for stage, hidden_state in zip(self.stage_names, encoded.hidden_states):
+            if stage in self.out_features:
+                tokens = self.layernorm(hidden_state)[:, prefix:]  # (B, N, D)
+                feature_maps += (tokens.transpose(1, 2).reshape(tokens.shape[0], -1, grid[0], grid[1]),)
+        output = BackboneOutput(
+            feature_maps=feature_maps,
+            hidden_states=encoded.hidden_states if output_hidden_states else None,
+            attentions=encoded.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
 __all__ = [
+    "ViTBackbone",
     "ViTForImageClassification",
     "ViTModel",
     "ViTPreTrainedModel",
