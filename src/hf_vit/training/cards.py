@@ -122,6 +122,7 @@ class ModelFolder:
     run_args: dict | None
     eval_results: dict | None
     ema_folder: str | None  # name of the EMA subfolder, if any
+    start_checkpoint: str | None = None  # run_args' model_name_or_path as written (to tell a Hub id from a path)
 
     @property
     def dataset(self) -> str | None:
@@ -197,6 +198,7 @@ def read_model_folder(folder) -> ModelFolder:
         run_args=strip_local_paths(run_args) if run_args is not None else None,
         eval_results=strip_local_paths(results) if results is not None else None,
         ema_folder=ema[0] if ema else None,
+        start_checkpoint=(run_args or {}).get("model_name_or_path") or None,
     )
 
 
@@ -301,7 +303,7 @@ def base_model_of(facts: ModelFolder, card_data: dict) -> tuple[str | None, str]
         return card_data["base_model"], f"fine-tuned from [{card_data['base_model']}](https://huggingface.co/{card_data['base_model']})"
     if facts.run_args is None:
         return None, "unknown (no run_args.json)"
-    start = facts.run_args.get("model_name_or_path")
+    start = facts.start_checkpoint
     if not start:
         return None, "from scratch (random initialisation)"
     if _looks_like_hub_id(start):

@@ -118,12 +118,21 @@ def _remote_code_files(folder: Path, config: dict) -> list[str]:
     return sorted(f"{name}.py" for name in seen)
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
+_LINK_THRESHOLD = 64 << 20  # bytes
+
+
+def _link_or_copy(source: Path, target: Path, link_large: bool = False) -> None:
+    """Copy; large files are hard-linked into a temporary stage instead (no second copy of the weights on disk)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, target)  # same bytes, no copy of large weights; the source is never opened for writing
-    except OSError:
-        shutil.copy2(source, target)
+    # NOTE: a hard link shares the run's bytes, so it is only used when the stage is hf_vit's own temporary folder,
+    # which nothing edits; a user-chosen `stage_dir` always gets real copies.
+    if link_large and source.stat().st_size >= _LINK_THRESHOLD:
+        try:
+            os.link(source, target)
+            return
+        except OSError:
+            pass
+    shutil.copy2(source, target)
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -133,7 +142,7 @@ def _write_json(path: Path, data: dict) -> None:
         f.write("\n")
 
 
-def _stage_model(folder: Path, target: Path, prefix: str, fallback: Path | None = None) -> list[StagedFile]:
+def _stage_model(folder: Path, target: Path, prefix: str, fallback: Path | None = None, link_large=False) -> list[StagedFile]:
     """Weights, configs and remote code of one model folder into `target` (`fallback`: the main model, which lends
     its code files and any missing config)."""
     config_path = folder / "config.json"
@@ -154,7 +163,7 @@ def _stage_model(folder: Path, target: Path, prefix: str, fallback: Path | None 
     names += [n for n in _MODEL_FILES if (folder / n).is_file()]
     for name in _MODEL_FILES:
         if not (folder / name).is_file() and fallback is not None and (fallback / name).is_file():
-            _link_or_copy(fallback / name, target / name)
+            _link_or_copy(fallback / name, target / name, link_large)
             staged.append(StagedFile(f"{prefix}{name}", (fallback / name).stat().st_size, f"{name} (from the main model)"))
     if not (folder / "preprocessor_config.json").is_file() and not (target / "preprocessor_config.json").is_file():
         raise ValueError(
@@ -167,18 +176,20 @@ def _stage_model(folder: Path, target: Path, prefix: str, fallback: Path | None 
     code_folder = fallback if fallback is not None else folder
     code = _remote_code_files(code_folder, config)
     for name in names:
-        _link_or_copy(folder / name, target / name)
+        _link_or_copy(folder / name, target / name, link_large)
         staged.append(StagedFile(f"{prefix}{name}", (folder / name).stat().st_size, f"{prefix}{name}"))
     for name in code:
-        _link_or_copy(code_folder / name, target / name)
+        _link_or_copy(code_folder / name, target / name, link_large)
         staged.append(StagedFile(f"{prefix}{name}", (code_folder / name).stat().st_size, name))
     return staged
 
 
-def assemble_repository(run_dir, stage_dir, repo_id: str, *, card_data=None, template_path=None):
+def assemble_repository(run_dir, stage_dir, repo_id: str, *, card_data=None, template_path=None,
+                        link_large_files=False):
     """
     Build the Hub repository's content in `stage_dir` (new or empty) from a run folder. Returns
-    (files, skipped entries with reasons, card text). `run_dir` is only read.
+    (files, skipped entries with reasons, card text). `run_dir` is only read. `link_large_files`: hard-link weights
+    of 64 MB and more instead of copying them (only for a stage nobody edits).
     """
     run = Path(run_dir).resolve()
     stage = Path(stage_dir).resolve()
@@ -189,13 +200,14 @@ def assemble_repository(run_dir, stage_dir, repo_id: str, *, card_data=None, tem
     facts = read_model_folder(run)
     stage.mkdir(parents=True, exist_ok=True)
 
-    files = _stage_model(run, stage, "")
+    files = _stage_model(run, stage, "", link_large=link_large_files)
     skipped = {}
     for entry in sorted(run.iterdir()):
         if entry.name in EXCLUDED:
             skipped[entry.name + ("/" if entry.is_dir() else "")] = EXCLUDED[entry.name]
         elif entry.is_dir() and entry.name == facts.ema_folder:
-            files += _stage_model(entry, stage / EMA_SUBFOLDER, f"{EMA_SUBFOLDER}/", fallback=run)
+            files += _stage_model(entry, stage / EMA_SUBFOLDER, f"{EMA_SUBFOLDER}/", fallback=run,
+                                  link_large=link_large_files)
             if (entry / "eval_results.json").is_file():
                 with open(entry / "eval_results.json") as f:
                     _write_json(stage / EMA_SUBFOLDER / "eval_results.json", strip_local_paths(json.load(f)))
@@ -462,7 +474,8 @@ def publish_run(run_dir, repo_id: str, *, private: bool = False, revision: str |
 
     with tempfile.TemporaryDirectory(prefix="hf_vit_repo_") as scratch:
         stage = Path(stage_dir) if stage_dir else Path(scratch) / "repo"
-        files, skipped, card = assemble_repository(run, stage, repo_id, card_data=card_data, template_path=template_path)
+        files, skipped, card = assemble_repository(run, stage, repo_id, card_data=card_data, template_path=template_path,
+                                                   link_large_files=not stage_dir)
         log(f"Repository {repo_id} ({'dry run: nothing is sent' if dry_run else 'to upload'}):")
         for f in files:
             log(f"  {f.path_in_repo:<40} {f.size:>12,} B")
