@@ -164,8 +164,9 @@ def test_head_model_analyses_its_encoder(tiny_model):
     classifier = ViTForImageClassification(ViTConfig(**TINY)).eval()
     classifier.vit.load_state_dict(tiny_model.state_dict())
     pixel_values = torch.randn(1, 3, 32, 32)
-    torch.testing.assert_close(collect_attentions(classifier, pixel_values), collect_attentions(tiny_model, pixel_values))
-    maps = rollout_maps(collect_attentions(classifier, pixel_values), (4, 4), 1)
+    attentions = collect_attentions(classifier, pixel_values)
+    torch.testing.assert_close(attentions, collect_attentions(tiny_model, pixel_values))
+    maps = rollout_maps(attentions, (4, 4), 1)
     assert maps.shape == (1, 4, 4) and torch.all(maps > 0)
 
 
@@ -204,7 +205,8 @@ def test_model_position_embedding_table(tiny_model):
 def test_filter_components_recover_a_planted_basis():
     generator = torch.Generator().manual_seed(0)
     basis = torch.linalg.qr(torch.randn(3 * 4 * 4, 2, generator=generator, dtype=torch.float64))[0].T  # (2, 48)
-    scales = torch.randn(64, 2, generator=generator, dtype=torch.float64) * torch.tensor([5.0, 1.0], dtype=torch.float64)
+    strengths = torch.tensor([5.0, 1.0], dtype=torch.float64)
+    scales = torch.randn(64, 2, generator=generator, dtype=torch.float64) * strengths
     filters = (scales @ basis + 3.0).reshape(64, 3, 4, 4)  # a constant offset that centring removes
     components, explained = filter_principal_components(filters, num_components=5)
     assert components.shape == (5, 3, 4, 4)

@@ -27,7 +27,9 @@ def _numpy(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
 
-def images_for_display(pixel_values: torch.Tensor, image_mean: Sequence[float], image_std: Sequence[float]) -> np.ndarray:
+def images_for_display(
+    pixel_values: torch.Tensor, image_mean: Sequence[float], image_std: Sequence[float]
+) -> np.ndarray:
     """Undo the processor's normalisation: (B, C, H, W) model input -> (B, H, W, C) array in [0, 1]."""
     mean = torch.as_tensor(image_mean, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.as_tensor(image_std, dtype=torch.float32).view(1, -1, 1, 1)

@@ -58,7 +58,9 @@ def position_embedding_similarity(
     table = torch.as_tensor(table).detach().float()
     if table.ndim == 3:
         if table.shape[0] != 1:
-            raise ValueError(f"A position-embedding table has a leading dimension of 1, got shape {tuple(table.shape)}.")
+            raise ValueError(
+                f"A position-embedding table has a leading dimension of 1, got shape {tuple(table.shape)}."
+            )
         table = table[0]
     if table.ndim != 2:
         raise ValueError(f"The position-embedding table must be (T, D) or (1, T, D), got shape {tuple(table.shape)}.")

@@ -123,8 +123,9 @@ def analyze_images(
         plot_position_similarity,
     )
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+    for name, value in (("batch_size", batch_size), ("num_overlays", num_overlays)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
     config = model.config
     paths = [Path(p) for p in image_paths]
     if not paths:
@@ -133,6 +134,7 @@ def analyze_images(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
+    mean, std = image_processor.image_mean, image_processor.image_std
 
     distance_sum, rollouts, shown_images, shown_maps, first_layer_maps, grid = None, {}, [], [], None, None
     bar = _progress(len(paths), progress)
@@ -151,12 +153,12 @@ def analyze_images(
                 rollouts[str(path)] = token_map
             wanted = num_overlays - len(shown_images)
             if wanted > 0:
-                display = images_for_display(pixel_values, image_processor.image_mean, image_processor.image_std)
-                shown_images.extend(display[:wanted])
+                display = images_for_display(pixel_values[:wanted], mean, std)
+                shown_images.extend(display)
                 shown_maps.extend(maps[:wanted])
             if first_layer_maps is None:
                 first_layer_maps = attention_maps(attentions[:1], grid, num_prefix_tokens, use_class_token)[0]
-                first_image = images_for_display(pixel_values[:1], image_processor.image_mean, image_processor.image_std)[0]
+                first_image = shown_images[0] if shown_images else images_for_display(pixel_values[:1], mean, std)[0]
             if bar is not None:
                 bar.update(len(batch_paths))
     finally:
@@ -207,7 +209,8 @@ def analyze_images(
 
     titles = [Path(p).name for p in list(rollouts)[: len(shown_images)]]
     save("rollout", plot_attention_rollout(shown_images, torch.stack(shown_maps), titles=titles, style=overlay_style))
-    save("layers", plot_attention_maps(first_image, first_layer_maps, style=overlay_style, title=f"Attention: {titles[0]}"))
+    layers_title = f"Attention per layer and head: {Path(paths[0]).name}"
+    save("layers", plot_attention_maps(first_image, first_layer_maps, style=overlay_style, title=layers_title))
     save("distance", plot_attention_distance(mean_distance, uniform_distance=uniform, image_size=(height, width)))
 
     try:
