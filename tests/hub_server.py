@@ -209,7 +209,8 @@ def _make_handler(hub: FakeHub):
                 message = "You already created this model repo"
                 return self._send(409, {"error": message, "url": f"{hub.url}/{repo_id}"}, {"X-Error-Message": message})
             repo = Repo(repo_id, private=payload.get("visibility") == "private")
-            repo.refs["main"] = repo.commit(None, "initial commit", {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"})
+            attributes = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
+            repo.refs["main"] = repo.commit(None, "initial commit", {".gitattributes": attributes})
             hub.repos[repo_id] = repo
             self._send(200, {"url": f"{hub.url}/{repo_id}", "name": repo_id})
 

@@ -188,8 +188,11 @@ def read_model_folder(folder) -> ModelFolder:
         raise ValueError(f"{path.name}/config.json: model_type is {config.get('model_type')!r}; only hf_vit models "
                          "('hf_vit') are published here. Convert the checkpoint with hf_vit first.")
     files = weight_files(path)
-    run_args = _read_json(path / "run_args.json", "resolved run arguments") if (path / "run_args.json").is_file() else None
-    results = _read_json(path / "eval_results.json", "evaluation results") if (path / "eval_results.json").is_file() else None
+    run_args = results = None
+    if (path / "run_args.json").is_file():
+        run_args = _read_json(path / "run_args.json", "resolved run arguments")
+    if (path / "eval_results.json").is_file():
+        results = _read_json(path / "eval_results.json", "evaluation results")
     ema = sorted(p.name for p in path.iterdir() if is_ema_folder(p))
     return ModelFolder(
         path=path,
@@ -250,11 +253,6 @@ def _pair(value):
     return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
 
 
-def _size_text(value) -> str:
-    h, w = _pair(value)
-    return f"{h}x{w}"
-
-
 def architecture_name(config: dict) -> str:
     """The paper's notation when the sizes match Table 1 ("ViT-B/16", "R50+ViT-B/16"), else "ViT/4 (custom size)"."""
     sizes = (config.get("num_hidden_layers"), config.get("hidden_size"), config.get("intermediate_size"),
@@ -300,7 +298,8 @@ def _looks_like_hub_id(name: str) -> bool:
 def base_model_of(facts: ModelFolder, card_data: dict) -> tuple[str | None, str]:
     """(Hub id for the `base_model` metadata or None, a sentence for the card)."""
     if card_data.get("base_model"):
-        return card_data["base_model"], f"fine-tuned from [{card_data['base_model']}](https://huggingface.co/{card_data['base_model']})"
+        base = card_data["base_model"]
+        return base, f"fine-tuned from [{base}](https://huggingface.co/{base})"
     if facts.run_args is None:
         return None, "unknown (no run_args.json)"
     start = facts.start_checkpoint
@@ -331,7 +330,7 @@ def collect_metrics(results: dict | None) -> list[tuple[str, dict]]:
 
 
 def collect_few_shot(results: dict | None) -> list[tuple[int, float]]:
-    """(shots, accuracy) from a `few_shot` (or `fewshot`, `few-shot`) entry: {"5": 0.8} or {"5shot": {"accuracy": 0.8}}."""
+    """(shots, accuracy) from a `few_shot` / `fewshot` / `few-shot` entry: {"5": 0.8} or {"5shot": {"accuracy": 0.8}}."""
     rows = []
     for key, value in (results or {}).items():
         if re.search(r"few.?shot", key, re.IGNORECASE) and isinstance(value, dict):
@@ -344,13 +343,184 @@ def collect_few_shot(results: dict | None) -> list[tuple[int, float]]:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# The card
+# The card, section by section
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _metadata(facts, card_data, model_name, dataset_type, dataset_name, base_model):
+    """ModelCardData with a model-index from the headline split (test, else validation) and the few-shot results."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    metrics = collect_metrics(facts.eval_results)
+    headline = next(((label, m) for label, m in metrics if label in ("test", "validation")), None)
+    eval_results = []
+    if headline and dataset_type:
+        split, m = headline
+        common = dict(task_type="image-classification", task_name="Image Classification", dataset_type=dataset_type,
+                      dataset_name=dataset_name, dataset_split=split)
+        eval_results.append(EvalResult(metric_type="accuracy", metric_name="Top-1 accuracy",
+                                       metric_value=m["accuracy"], **common))
+        if _is_number(m.get("top5_accuracy")):
+            eval_results.append(EvalResult(metric_type="accuracy", metric_name="Top-5 accuracy", metric_config="top5",
+                                           metric_value=m["top5_accuracy"], **common))
+        for shots, value in collect_few_shot(facts.eval_results):
+            eval_results.append(EvalResult(metric_type="accuracy", metric_name=f"{shots}-shot linear accuracy",
+                                           metric_config=f"{shots}-shot-linear", metric_value=value, **common))
+    tags = ["hf_vit", "vision-transformer", "vit", "image-classification"]
+    tags += [t for t in card_data.get("tags") or [] if t not in tags]
+    return ModelCardData(
+        # NOTE: library_name "transformers": the repository loads with transformers' Auto classes and pipeline
+        # (remote code), and the Hub shows the matching snippet; hf_vit itself is named in the tags.
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        license=card_data.get("license") or "apache-2.0",
+        language=card_data.get("language"),
+        tags=tags,
+        datasets=list((card_data.get("dataset") or {}).get("hub_ids") or []) or None,
+        base_model=base_model,
+        metrics=["accuracy"] if eval_results else None,
+        model_name=model_name if eval_results else None,
+        eval_results=eval_results or None,
+    )
+
+
+def _details(config, facts, arch, labels, start_text, license_id) -> list[tuple[str, str]]:
+    height, width = _pair(config.get("image_size", 224))
+    ph, pw = _pair(config.get("patch_size", 16))
+    pooling = config.get("pooling", "cls")
+    class_token = " + class token" if config.get("use_class_token", pooling == "cls") else ""
+    representation = config.get("representation_size")
+    hybrid = config.get("backbone_depths")
+    architecture = (f"{arch}: {config.get('num_hidden_layers')} pre-LN Transformer blocks, width "
+                    f"{config.get('hidden_size')}, MLP {config.get('intermediate_size')}, "
+                    f"{config.get('num_attention_heads')} attention heads")
+    if hybrid is not None:
+        architecture += f"; hybrid: BiT ResNet stem, stage depths {hybrid}"
+    parameters = facts.num_parameters
+    aligned = " (corners aligned, as the reference code)" if config.get("position_embedding_align_corners", True) else ""
+    return [
+        ("Architecture", architecture),
+        ("Input", f"{height}x{width} pixels, {config.get('num_channels', 3)} channels; {ph}x{pw} patches "
+                  f"({(height // ph) * (width // pw)} patch tokens{class_token})"),
+        ("Parameters", f"{parameters / 1e6:.2f}M ({parameters:,})" if parameters else "unknown"),
+        ("Pooling", {"cls": "class token",
+                     "gap": "global average of the patch tokens (after the final LayerNorm)"}.get(pooling, pooling)),
+        ("Head", f"tanh pre-logits layer of width {representation}, then linear (the paper's pre-training head)"
+                 if representation else "one linear layer (the paper's fine-tuning head)"),
+        ("Position embeddings", f"{config.get('position_embedding_type', 'learned_1d')}; resampled to other "
+                                f"resolutions with {config.get('position_embedding_interpolation', 'bilinear')} "
+                                f"interpolation{aligned}"),
+        ("Activation, LayerNorm eps", f"{config.get('hidden_act')}, {config.get('layer_norm_eps')}"),
+        ("Classes", f"{len(labels)}: " + ", ".join(labels[:20]) + (", ..." if len(labels) > 20 else "")),
+        ("Initialisation", start_text),
+        ("License", license_id),
+        ("Paper", "[arXiv:2010.11929](https://arxiv.org/abs/2010.11929)"),
+    ]
+
+
+def _summary(facts, arch, num_labels, start_text, dataset_name) -> str:
+    if facts.run_args is None and facts.eval_results is None:
+        return (f"A Vision Transformer ({arch}) image classifier with {num_labels} classes, in hf_vit's format. The "
+                "folder it was published from records neither its training run nor an evaluation: the training "
+                "data, procedure and accuracy below are unknown.")
+    how = "trained from scratch" if start_text.startswith("from scratch") else start_text
+    summary = (f"A Vision Transformer ({arch}) image classifier with {num_labels} classes, {how} on "
+               f"{dataset_name or 'an unrecorded data set'} with hf_vit.")
+    headline = next(((s, m) for s, m in collect_metrics(facts.eval_results) if s in ("test", "validation")), None)
+    if headline:
+        split, m = headline
+        summary += f" Held-out {split} accuracy: {_percent(m['accuracy'])} top-1"
+        if _is_number(m.get("top5_accuracy")):
+            summary += f", {_percent(m['top5_accuracy'])} top-5"
+        summary += f" on {m['num_examples']:,} images." if isinstance(m.get("num_examples"), int) else "."
+    return summary
+
+
+def _training_data(facts, dataset_info, dataset_key) -> str:
+    if dataset_info.get("description"):
+        text = dataset_info["description"].strip()
+        if dataset_info.get("url"):
+            text += f" Source: <{dataset_info['url']}>."
+    elif dataset_key:
+        text = f"`{_last_component(dataset_key)}` (no description of this data set was provided)."
+    else:
+        return "Unknown: the folder this model was published from has no run_args.json or eval_results.json."
+    split_keys = [k for k in ("test_fraction", "validation_fraction", "split_seed") if k in (facts.run_args or {})]
+    if split_keys:
+        text += ("\n\nSplits: " + ", ".join(f"`{k}` = {_fmt(facts.run_args[k])}" for k in split_keys)
+                 + " (a fixed, stratified split where the data set has no test split of its own).")
+    sizes = [f"{m['num_examples']:,} {label}" for label, m in collect_metrics(facts.eval_results)
+             if isinstance(m.get("num_examples"), int)]
+    if sizes:
+        text += " Evaluation images: " + ", ".join(sizes) + "."
+    return text
+
+
+def _training_procedure(facts, start_text) -> tuple[str, list]:
+    args = facts.run_args
+    if args is None:
+        return "Unknown: the folder this model was published from has no run_args.json.", []
+    intro = ("The run's resolved arguments (after its YAML config and command line) are in `run_args.json` in this "
+             "repository; local paths in it are reduced to their last component.")
+    hidden = {"model_name_or_path"}  # shown as "initialisation"
+    optimizer = str(args.get("optimizer", "")).lower()
+    if optimizer.startswith("adam"):
+        hidden.add("momentum")
+    elif optimizer:
+        hidden.update({"adam_beta1", "adam_beta2"})
+    hidden.add("num_epochs" if (args.get("max_steps") or 0) > 0 else "max_steps")
+    hidden.add("warmup_ratio" if (args.get("warmup_steps") or 0) > 0 else "warmup_steps")
+    rows = [("initialisation", start_text)]
+    rows += [(label, _fmt(args[key])) for key, label in _TRAINING_ROWS if key in args and key not in hidden]
+    if facts.eval_results and isinstance(facts.eval_results.get("global_step"), int):
+        rows.append(("optimiser steps done", f"{facts.eval_results['global_step']:,}"))
+    return intro, rows
+
+
+def _evaluation(facts) -> tuple[str, list, list]:
+    rows = []
+    for label, m in collect_metrics(facts.eval_results):
+        images = f"{m['num_examples']:,}" if isinstance(m.get("num_examples"), int) else "–"
+        loss = f"{m['loss']:.4f}" if _is_number(m.get("loss")) else "–"
+        rows.append([label, images, _percent(m.get("accuracy")), _percent(m.get("top5_accuracy")), loss])
+    if rows:
+        intro = ("From the run's `eval_results.json` (included in this repository), computed by hf_vit's evaluation "
+                 "loop on the held-out splits after training.")
+    else:
+        intro = ("Unknown: the folder this model was published from has no evaluation results (eval_results.json). "
+                 "Measure the accuracy on your data before relying on it.")
+    few_shot = [(shots, _percent(value)) for shots, value in collect_few_shot(facts.eval_results)]
+    return intro, rows, few_shot
+
+
+def _hardware(facts, card_data) -> str:
+    results = facts.eval_results
+    if results is None:
+        return "Unknown: the folder this model was published from records no training run."
+    lines = []
+    recorded = results.get("hardware") or card_data.get("hardware")
+    lines.append(f"- Hardware: {recorded if isinstance(recorded, str) else json.dumps(recorded)}" if recorded
+                 else "- Hardware: not recorded by this run.")
+    if _is_number(results.get("train_seconds")):
+        seconds = results["train_seconds"]
+        line = f"- Training time: {seconds / 60:.1f} min ({seconds:.0f} s)" if seconds >= 60 \
+            else f"- Training time: {seconds:.0f} s"
+        if isinstance(results.get("global_step"), int):
+            line += f" for {results['global_step']:,} optimiser steps"
+        if _is_number(results.get("images_per_second")):
+            line += f", {results['images_per_second']:.0f} images/s"
+        lines.append(line)
+    precision = (facts.run_args or {}).get("mixed_precision")
+    if precision:
+        lines.append(f"- Precision: {precision} mixed precision" if precision != "no" else "- Precision: float32")
+    return "\n".join(lines)
 
 
 def build_card(facts: ModelFolder, repo_id: str, card_data: dict | None = None):
     """(ModelCardData, template variables) for a model folder."""
-    from huggingface_hub import EvalResult, ModelCardData
-
     card_data = card_data or {}
     config = facts.config
     dataset_info = card_data.get("dataset") or {}
@@ -360,177 +530,31 @@ def build_card(facts: ModelFolder, repo_id: str, card_data: dict | None = None):
     model_name = repo_id.split("/")[-1]
     arch = architecture_name(config)
     height, width = _pair(config.get("image_size", 224))
-    ph, pw = _pair(config.get("patch_size", 16))
-    labels = [config.get("id2label", {}).get(str(i), str(i)) for i in range(len(config.get("id2label", {})))]
+    id2label = config.get("id2label") or {}
+    labels = [id2label.get(str(i), str(i)) for i in range(len(id2label))]
     num_labels = len(labels) or config.get("num_labels")
     base_model, start_text = base_model_of(facts, card_data)
-    metrics = collect_metrics(facts.eval_results)
-    few_shot = collect_few_shot(facts.eval_results)
-    headline = next(((label, m) for label, m in metrics if label in ("test", "validation")), None)
-
-    # --- metadata -----------------------------------------------------------------------------------------------
-    eval_results = []
-    if headline and dataset_type:
-        split, m = headline
-        common = dict(task_type="image-classification", task_name="Image Classification", dataset_type=dataset_type,
-                      dataset_name=dataset_name, dataset_split=split)
-        eval_results.append(EvalResult(metric_type="accuracy", metric_name="Top-1 accuracy", metric_value=m["accuracy"],
-                                       **common))
-        if isinstance(m.get("top5_accuracy"), (int, float)):
-            eval_results.append(EvalResult(metric_type="accuracy", metric_name="Top-5 accuracy", metric_config="top5",
-                                           metric_value=m["top5_accuracy"], **common))
-        for shots, value in few_shot:
-            eval_results.append(EvalResult(metric_type="accuracy", metric_name=f"{shots}-shot linear accuracy",
-                                           metric_config=f"{shots}-shot-linear", metric_value=value, **common))
-    tags = ["hf_vit", "vision-transformer", "vit", "image-classification"]
-    tags += [t for t in card_data.get("tags") or [] if t not in tags]
-    metadata = ModelCardData(
-        # NOTE: library_name "transformers": the repository loads with transformers' Auto classes and pipeline
-        # (remote code); the Hub shows the matching snippet. hf_vit itself is named in the tags.
-        library_name="transformers",
-        pipeline_tag="image-classification",
-        license=card_data.get("license") or "apache-2.0",
-        language=card_data.get("language"),
-        tags=tags,
-        datasets=list(dataset_info.get("hub_ids") or []) or None,
-        base_model=base_model,
-        metrics=["accuracy"] if eval_results else None,
-        model_name=model_name if eval_results else None,
-        eval_results=eval_results or None,
-    )
-
-    # --- prose --------------------------------------------------------------------------------------------------
+    metadata = _metadata(facts, card_data, model_name, dataset_type, dataset_name, base_model)
+    training_intro, training_rows = _training_procedure(facts, start_text)
+    evaluation_intro, evaluation_rows, few_shot_rows = _evaluation(facts)
     pooling = config.get("pooling", "cls")
-    representation = config.get("representation_size")
-    details = [
-        ("Architecture", f"{arch}: {config.get('num_hidden_layers')} pre-LN Transformer blocks, width "
-                         f"{config.get('hidden_size')}, MLP {config.get('intermediate_size')}, "
-                         f"{config.get('num_attention_heads')} attention heads"
-                         + (f"; hybrid: BiT ResNet stem, stage depths {config['backbone_depths']}"
-                            if config.get("backbone_depths") is not None else "")),
-        ("Input", f"{height}x{width} pixels, {config.get('num_channels', 3)} channels; {ph}x{pw} patches "
-                  f"({(height // ph) * (width // pw)} patch tokens{' + class token' if config.get('use_class_token', pooling == 'cls') else ''})"),
-        ("Parameters", f"{facts.num_parameters / 1e6:.2f}M ({facts.num_parameters:,})" if facts.num_parameters else "unknown"),
-        ("Pooling", {"cls": "class token", "gap": "global average of the patch tokens (after the final LayerNorm)"}.get(pooling, pooling)),
-        ("Head", f"tanh pre-logits layer of width {representation}, then linear (the paper's pre-training head)"
-                 if representation else "one linear layer (the paper's fine-tuning head)"),
-        ("Position embeddings", f"{config.get('position_embedding_type', 'learned_1d')}; resampled to other "
-                                f"resolutions with {config.get('position_embedding_interpolation', 'bilinear')} "
-                                "interpolation" + (" (corners aligned, as the reference code)"
-                                                   if config.get("position_embedding_align_corners", True) else "")),
-        ("Activation, LayerNorm eps", f"{config.get('hidden_act')}, {config.get('layer_norm_eps')}"),
-        ("Classes", f"{num_labels}: " + ", ".join(labels[:20]) + (", ..." if len(labels) > 20 else "")),
-        ("Initialisation", start_text),
-        ("License", metadata.license),
-        ("Paper", "[arXiv:2010.11929](https://arxiv.org/abs/2010.11929)"),
-    ]
-    pooling_sentence = {
-        "cls": "the final LayerNorm's output at the class token feeds the classification head.",
-        "gap": "the patch tokens are averaged after the final LayerNorm (global average pooling) and feed the head.",
-    }.get(pooling, f"the tokens are pooled with `{pooling}` and feed the classification head.")
-
-    dataset_text = dataset_name or "an unrecorded data set"
-    if facts.run_args is None and facts.eval_results is None:
-        summary = (f"A Vision Transformer ({arch}) image classifier with {num_labels} classes, in hf_vit's format. "
-                   "The folder it was published from records neither its training run nor an evaluation: the "
-                   "training data, procedure and accuracy below are unknown.")
-    else:
-        how = "trained from scratch" if start_text.startswith("from scratch") else start_text
-        summary = f"A Vision Transformer ({arch}) image classifier with {num_labels} classes, {how} on {dataset_text} with hf_vit."
-        if headline:
-            split, m = headline
-            summary += (f" Held-out {split} accuracy: {_percent(m['accuracy'])} top-1"
-                        + (f", {_percent(m['top5_accuracy'])} top-5" if isinstance(m.get('top5_accuracy'), (int, float)) else "")
-                        + (f" on {m['num_examples']:,} images." if isinstance(m.get("num_examples"), int) else "."))
-    summary = card_data.get("summary") or summary
-
-    intended = card_data.get("intended_uses") or (
-        f"Image classification into the {num_labels} classes listed above, on images like the training data, and as "
-        "a starting point for fine-tuning (replace the head; the encoder is `AutoModel`).")
     limitations = card_data.get("limitations") or (
         "The training data is not described for this model: check that your images resemble it before relying on "
         "the predictions. The classifier always answers with one of its classes, also for images that show none.")
-    limitations += (" A ViT trained from scratch on a small data set lacks the inductive biases of a CNN and "
-                    "generalises less well off-distribution (section 4.3 of the paper).")
-
-    if dataset_info.get("description"):
-        training_data = dataset_info["description"].strip()
-        if dataset_info.get("url"):
-            training_data += f" Source: <{dataset_info['url']}>."
-    elif dataset_key:
-        training_data = f"`{_last_component(dataset_key)}` (no description of this data set was provided)."
-    else:
-        training_data = "Unknown: the folder this model was published from has no run_args.json or eval_results.json."
-    if facts.run_args is not None:
-        split_keys = [k for k in ("test_fraction", "validation_fraction", "split_seed") if k in facts.run_args]
-        if split_keys:
-            training_data += ("\n\nSplits: " + ", ".join(f"`{k}` = {_fmt(facts.run_args[k])}" for k in split_keys)
-                              + " (a fixed, stratified split where the data set has no test split of its own).")
-    sizes = [f"{m['num_examples']:,} {label}" for label, m in metrics if isinstance(m.get("num_examples"), int)]
-    if sizes:
-        training_data += " Evaluation images: " + ", ".join(sizes) + "."
-
-    if facts.run_args is not None:
-        training_intro = ("The run's resolved arguments (after its YAML config and command line) are in "
-                          "`run_args.json` in this repository; local paths in it are reduced to their last component.")
-        args = facts.run_args
-        hidden = {"model_name_or_path"}  # shown as "initialisation"
-        optimizer = str(args.get("optimizer", "")).lower()
-        if optimizer.startswith("adam"):
-            hidden.add("momentum")
-        elif optimizer:
-            hidden.update({"adam_beta1", "adam_beta2"})
-        hidden.add("num_epochs" if (args.get("max_steps") or 0) > 0 else "max_steps")
-        hidden.add("warmup_ratio" if (args.get("warmup_steps") or 0) > 0 else "warmup_steps")
-        training_rows = [(label, _fmt(args[key])) for key, label in _TRAINING_ROWS if key in args and key not in hidden]
-        training_rows.insert(0, ("initialisation", start_text))
-        if facts.eval_results and isinstance(facts.eval_results.get("global_step"), int):
-            training_rows.append(("optimiser steps done", f"{facts.eval_results['global_step']:,}"))
-    else:
-        training_intro = "Unknown: the folder this model was published from has no run_args.json."
-        training_rows = []
-
-    evaluation_rows = [
-        [label, f"{m['num_examples']:,}" if isinstance(m.get("num_examples"), int) else "–", _percent(m.get("accuracy")),
-         _percent(m.get("top5_accuracy")), f"{m['loss']:.4f}" if isinstance(m.get("loss"), (int, float)) else "–"]
-        for label, m in metrics
-    ]
-    if evaluation_rows:
-        evaluation_intro = ("From the run's `eval_results.json` (included in this repository), computed by hf_vit's "
-                            "evaluation loop on the held-out splits after training.")
-    else:
-        evaluation_intro = ("Unknown: the folder this model was published from has no evaluation results "
-                            "(eval_results.json). Measure the accuracy on your data before relying on it.")
-    few_shot_rows = [(shots, _percent(value)) for shots, value in few_shot]
-
-    results = facts.eval_results or {}
-    hardware_lines = []
-    recorded = results.get("hardware") or card_data.get("hardware")
-    if recorded:
-        hardware_lines.append(f"- Hardware: {recorded if isinstance(recorded, str) else json.dumps(recorded)}")
-    if isinstance(results.get("train_seconds"), (int, float)):
-        seconds = results["train_seconds"]
-        line = f"- Training time: {seconds / 60:.1f} min ({seconds:.0f} s)" if seconds >= 60 else f"- Training time: {seconds:.0f} s"
-        if isinstance(results.get("global_step"), int):
-            line += f" for {results['global_step']:,} optimiser steps"
-        if isinstance(results.get("images_per_second"), (int, float)):
-            line += f", {results['images_per_second']:.0f} images/s"
-        hardware_lines.append(line)
-    if facts.run_args and facts.run_args.get("mixed_precision"):
-        hardware_lines.append(f"- Precision: {facts.run_args['mixed_precision']} mixed precision"
-                              if facts.run_args["mixed_precision"] != "no" else "- Precision: float32")
-    if not recorded:
-        hardware_lines.append("- Hardware: not recorded by this run.")
-    if facts.eval_results is None:
-        hardware_lines = ["Unknown: the folder this model was published from records no training run."]
-
     variables = dict(
         title=card_data.get("title") or model_name,
-        summary=summary.strip(),
-        details=details,
-        pooling_sentence=pooling_sentence,
-        intended_uses=intended.strip(),
-        limitations=limitations.strip(),
+        summary=(card_data.get("summary") or _summary(facts, arch, num_labels, start_text, dataset_name)).strip(),
+        details=_details(config, facts, arch, labels, start_text, metadata.license),
+        pooling_sentence={
+            "cls": "the final LayerNorm's output at the class token feeds the classification head.",
+            "gap": "the patch tokens are averaged after the final LayerNorm (global average pooling) and feed the head.",
+        }.get(pooling, f"the tokens are pooled with `{pooling}` and feed the classification head."),
+        intended_uses=(card_data.get("intended_uses") or (
+            f"Image classification into the {num_labels} classes listed above, on images like the training data, "
+            "and as a starting point for fine-tuning (replace the head; the encoder is `AutoModel`).")).strip(),
+        limitations=limitations.strip() + (
+            " A ViT trained from scratch on a small data set lacks the inductive biases of a CNN and generalises "
+            "less well off-distribution (section 4.3 of the paper)."),
         repo_id=repo_id,
         example_label=labels[0] if labels else "LABEL_0",
         height=height,
@@ -538,13 +562,13 @@ def build_card(facts: ModelFolder, repo_id: str, card_data: dict | None = None):
         num_labels=num_labels,
         hidden_size=config.get("hidden_size"),
         ema_subfolder="ema" if facts.ema_folder else None,
-        training_data=training_data,
+        training_data=_training_data(facts, dataset_info, dataset_key),
         training_intro=training_intro,
         training_rows=training_rows,
         evaluation_intro=evaluation_intro,
         evaluation_rows=evaluation_rows,
         few_shot_rows=few_shot_rows,
-        hardware="\n".join(hardware_lines),
+        hardware=_hardware(facts, card_data),
         bibtex=PAPER_BIBTEX,
     )
     return metadata, variables
@@ -614,6 +638,8 @@ def check_model_card(text: str, forbidden: tuple = ()) -> list[str]:
                 problems.append(f"{field_name} entry {repo_id!r} is not a valid Hub id: {error}")
     for result in data.eval_results or []:
         value = result.metric_value
-        if result.metric_type == "accuracy" and not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 1):
-            problems.append(f"model-index {result.metric_name or result.metric_type} = {value!r} is not an accuracy in [0, 1]")
+        in_range = _is_number(value) and math.isfinite(value) and 0 <= value <= 1
+        if result.metric_type == "accuracy" and not in_range:
+            name = result.metric_name or result.metric_type
+            problems.append(f"model-index {name} = {value!r} is not an accuracy in [0, 1]")
     return problems

@@ -32,7 +32,6 @@ from pathlib import Path
 
 from .cards import (
     check_model_card,
-    is_ema_folder,
     local_path_markers,
     read_model_folder,
     render_model_card,
@@ -63,12 +62,18 @@ class PushArguments:
     run_dir: str = field(metadata={"help": "Run folder (from a recipe) or any hf_vit model folder."})
     repo_id: str = field(metadata={"help": "Hub repository, 'namespace/name' (created if missing)."})
     private: bool = field(default=False, metadata={"help": "Create the repository private (ignored if it exists)."})
-    revision: str | None = field(default=None, metadata={"help": "Branch to commit to (created from main if missing)."})
-    create_pr: bool = field(default=False, metadata={"help": "Open a pull request against main instead of committing."})
-    commit_message: str | None = field(default=None, metadata={"help": "Commit title (default: names model and accuracy)."})
-    card_data: str | None = field(default=None, metadata={"help": "Card data YAML (default: model_cards/<dataset>.yaml if any)."})
-    stage_dir: str | None = field(default=None, metadata={"help": "Keep the assembled repository here (must be new or empty)."})
-    dry_run: bool = field(default=False, metadata={"help": "Assemble and validate, print files and card, send nothing."})
+    revision: str | None = field(
+        default=None, metadata={"help": "Branch to commit to (created from main if missing)."})
+    create_pr: bool = field(
+        default=False, metadata={"help": "Open a pull request against main instead of committing."})
+    commit_message: str | None = field(
+        default=None, metadata={"help": "Commit title (default: names the model and its test accuracy)."})
+    card_data: str | None = field(
+        default=None, metadata={"help": "Card data YAML (default: model_cards/<dataset>.yaml when it exists)."})
+    stage_dir: str | None = field(
+        default=None, metadata={"help": "Keep the assembled repository here (a new or empty folder)."})
+    dry_run: bool = field(
+        default=False, metadata={"help": "Assemble and validate, print the files and the card, send nothing."})
 
 
 @dataclass
@@ -102,6 +107,11 @@ def _remote_code_files(folder: Path, config: dict) -> list[str]:
         with open(preprocessor) as f:
             auto_map = json.load(f).get("auto_map") or {}
         modules |= {ref.split(".")[0] for ref in auto_map.values() if isinstance(ref, str)}
+    if not modules:
+        raise ValueError(
+            f"{folder.name}/config.json has no auto_map, so the model cannot load where hf_vit is not installed. "
+            "Load it with hf_vit and save it again (save_pretrained copies the modeling files and writes auto_map)."
+        )
     seen, todo = set(), sorted(modules)
     while todo:
         name = todo.pop()
@@ -142,7 +152,8 @@ def _write_json(path: Path, data: dict) -> None:
         f.write("\n")
 
 
-def _stage_model(folder: Path, target: Path, prefix: str, fallback: Path | None = None, link_large=False) -> list[StagedFile]:
+def _stage_model(folder: Path, target: Path, prefix: str, fallback: Path | None = None,
+                 link_large: bool = False) -> list[StagedFile]:
     """Weights, configs and remote code of one model folder into `target` (`fallback`: the main model, which lends
     its code files and any missing config)."""
     config_path = folder / "config.json"
@@ -180,7 +191,8 @@ def _stage_model(folder: Path, target: Path, prefix: str, fallback: Path | None 
         staged.append(StagedFile(f"{prefix}{name}", (folder / name).stat().st_size, f"{prefix}{name}"))
     for name in code:
         _link_or_copy(code_folder / name, target / name, link_large)
-        staged.append(StagedFile(f"{prefix}{name}", (code_folder / name).stat().st_size, name))
+        origin = name if fallback is None else f"{name} (the main model's code)"
+        staged.append(StagedFile(f"{prefix}{name}", (code_folder / name).stat().st_size, origin))
     return staged
 
 
@@ -478,7 +490,8 @@ def publish_run(run_dir, repo_id: str, *, private: bool = False, revision: str |
                                                    link_large_files=not stage_dir)
         log(f"Repository {repo_id} ({'dry run: nothing is sent' if dry_run else 'to upload'}):")
         for f in files:
-            log(f"  {f.path_in_repo:<40} {f.size:>12,} B")
+            origin = "" if f.source == f.path_in_repo else f"  ({f.source})"
+            log(f"  {f.path_in_repo:<36} {f.size:>13,} B{origin}")
         for name, reason in skipped.items():
             log(f"  not uploaded: {name} ({reason})")
         log("Validating: card metadata, then loading where hf_vit is not installed (trust_remote_code=True)...")
