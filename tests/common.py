@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from hf_vit import ViTConfig
+from hf_vit.configuration_hf_vit import GRID_BOUND_POSITION_TYPES
 
 
 # Tiny on purpose: the whole suite has to run in minutes on 2 CPU cores.
@@ -26,6 +27,11 @@ TINY = dict(
 )
 
 
+# A hybrid with tiny widths: stem 8 channels (64 x 0.125), two stages of one unit (stride 8), 1x1 patches on the
+# feature map: a 4x4 token grid at 32x32, as TINY's plain grid.
+TINY_HYBRID = dict(backbone_depths=[1, 1], backbone_width_factor=0.125, backbone_num_groups=4, patch_size=1)
+
+
 def make_config(variant=None, **overrides) -> ViTConfig:
     return ViTConfig(**{**TINY, **(variant or {}), **overrides})
 
@@ -37,8 +43,15 @@ def pixel_values_for(config, batch_size=2, size=None, seed=0) -> torch.Tensor:
 
 
 def first_tensor(output) -> torch.Tensor:
-    """The main output of any hf_vit model: logits for heads, last_hidden_state for the bare model."""
-    return output.logits if hasattr(output, "logits") else output.last_hidden_state
+    """The main output of any hf_vit model: logits for heads, last_hidden_state for the bare model, the last feature
+    map for the backbone. Also for `return_dict=False` tuples (whose first entry is the backbone's feature maps)."""
+    if isinstance(output, tuple):
+        return output[0][-1] if isinstance(output[0], tuple) else output[0]
+    if hasattr(output, "logits"):
+        return output.logits
+    if hasattr(output, "feature_maps"):
+        return output.feature_maps[-1]
+    return output.last_hidden_state
 
 
 def labels_for(config, batch_size=2, seed=0) -> torch.Tensor:
@@ -70,6 +83,15 @@ class ModelTesterMixin:
             for param in model.parameters():
                 param.add_(torch.randn_like(param) * 0.02)
 
+    def unused_parameters(self, model) -> set[str]:
+        """Parameters no output of the model reads, by the architecture itself (so none gets a gradient): a classifier
+        with class-token pooling reads only the class token's row of the last block, and with relative attention the
+        last block's patch-to-patch offsets never touch that row."""
+        config = model.config
+        if self.has_labels and config.pooling == "cls" and config.position_embedding_type == "relative":
+            return {f"vit.encoder.layers.{config.num_hidden_layers - 1}.attention.relative_position_embeddings"}
+        return set()
+
     def forward(self, model, pixel_values, **kwargs):
         return model(pixel_values, **kwargs)
 
@@ -93,6 +115,9 @@ class ModelTesterMixin:
         main = first_tensor(out)
         if hasattr(out, "logits"):
             assert main.shape == (3, config.num_labels)
+        elif hasattr(out, "feature_maps"):
+            assert len(out.feature_maps) == len(config.out_features)
+            assert all(f.shape == (3, config.hidden_size, *config.grid_size) for f in out.feature_maps)
         else:
             assert main.shape == (3, config.num_prefix_tokens + config.num_patches, config.hidden_size)
             width = config.representation_size or config.hidden_size
@@ -104,8 +129,8 @@ class ModelTesterMixin:
         config = model.config
         loss = self.loss_of(model, pixel_values_for(config), config)
         loss.backward()
-        missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
-        assert not missing, f"no gradient reaches {missing}"
+        missing = {n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)}
+        assert missing == self.unused_parameters(model), f"no gradient reaches {sorted(missing)}"
 
     def test_save_load_round_trip(self, variant, tmp_path):
         model = self.build(variant)
@@ -188,6 +213,10 @@ class ModelTesterMixin:
             if checkpointing:
                 model.activation_checkpointing_enable()
                 assert all(layer.gradient_checkpointing for layer in model.base_model.encoder.layers)
+                backbone = model.base_model.embeddings.patch_embeddings.backbone
+                if backbone is not None:  # the hybrid's ResNet units are checkpointed too
+                    units = [unit for stage in backbone.stages for unit in stage.units]
+                    assert all(unit.gradient_checkpointing for unit in units)
             loss = self.loss_of(model, pixel_values, config)
             loss.backward()
             grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
@@ -198,7 +227,7 @@ class ModelTesterMixin:
     def test_position_embedding_interpolation(self, variant):
         model = self.build(variant)
         config = model.config
-        ph, pw = config.patch_hw
+        ph, pw = config.token_pixel_size  # the patch on the image (x the ResNet's stride for a hybrid)
         height, width = config.image_hw
         # Same size with the flag: exactly the plain forward.
         same = pixel_values_for(config)
@@ -206,13 +235,24 @@ class ModelTesterMixin:
             torch.testing.assert_close(
                 first_tensor(self.forward(model, same, interpolate_pos_encoding=True)), first_tensor(self.forward(model, same)), rtol=0, atol=0
             )
-        # Larger and non-square input: needs the flag, then works.
+        # Larger and non-square input: needs the flag where the position information is a learned table of the grid
+        # ("learned_1d", "learned_2d", "relative"), then works; "none" and "sincos_2d" take any grid as it is.
         bigger = pixel_values_for(config, size=(height + 2 * ph, width + pw))
-        with pytest.raises(ValueError, match="interpolate_pos_encoding=True"):
-            self.forward(model, bigger)
+        if config.position_embedding_type in GRID_BOUND_POSITION_TYPES:
+            with pytest.raises(ValueError, match="interpolate_pos_encoding=True"):
+                self.forward(model, bigger)
+        else:
+            with torch.no_grad():
+                torch.testing.assert_close(
+                    first_tensor(self.forward(model, bigger)),
+                    first_tensor(self.forward(model, bigger, interpolate_pos_encoding=True)),
+                    rtol=0,
+                    atol=0,
+                )
         with torch.no_grad():
             out = first_tensor(self.forward(model, bigger, interpolate_pos_encoding=True))
         assert torch.isfinite(out).all()
+        assert out.shape[0] == 2
         # Not a multiple of the patch: a clear error either way.
         with pytest.raises(ValueError, match="divisible by the patch size"):
             self.forward(model, pixel_values_for(config, size=(height + 1, width)), interpolate_pos_encoding=True)
@@ -220,7 +260,7 @@ class ModelTesterMixin:
     def test_resize_position_embeddings_persists(self, variant, tmp_path):
         model = self.build(variant)
         config = model.config
-        ph, pw = config.patch_hw
+        ph, pw = config.token_pixel_size
         new_size = (config.image_hw[0] + 2 * ph, config.image_hw[1] + 2 * pw)
         pixel_values = pixel_values_for(config, size=new_size)
         with torch.no_grad():
@@ -256,7 +296,7 @@ class ModelTesterMixin:
             as_tuple = self.forward(model, pixel_values, return_dict=False)
             as_output = self.forward(model, pixel_values)
         assert isinstance(as_tuple, tuple)
-        torch.testing.assert_close(as_tuple[0], first_tensor(as_output), rtol=0, atol=0)
+        torch.testing.assert_close(first_tensor(as_tuple), first_tensor(as_output), rtol=0, atol=0)
 
     def test_rebuilds_from_a_config_copy(self, variant):
         # The config is the only thing the model reads: a copy of it rebuilds a model the weights load into exactly.

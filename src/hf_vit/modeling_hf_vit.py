@@ -597,7 +597,8 @@ class ViTMAPHead(nn.Module):
         self.mlp = ViTMLP(config, dropout=0.0)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x, _ = self.attention(tokens, query_states=self.probe)  # (B, 1, D)
+        probe = self.probe.expand(tokens.shape[0], -1, -1)  # (B, 1, D)
+        x, _ = self.attention(tokens, query_states=probe)  # (B, 1, D)
         x = x + self.mlp(self.layernorm(x))
         return x[:, 0]
 
