@@ -26,13 +26,16 @@ ROOT = Path(__file__).resolve().parents[1]
 LABELS = {0: "cat", 1: "dog", 2: "bird"}
 # A fresh token per session: nothing can contain it by accident.
 TOKEN = "hf_" + secrets.token_hex(20)
+# eval_results.json as the training loop writes it: few-shot results inside the split they were measured on.
 RESULTS = {
-    "dataset": "digits",
-    "test": {"accuracy": 0.9611, "top5_accuracy": 0.9972, "num_examples": 360, "loss": 0.2},
-    "validation": {"accuracy": 0.95, "top5_accuracy": 1.0, "num_examples": 144, "loss": 0.25},
-    "few_shot": {"5": 0.71, "10shot": {"accuracy": 0.8}},
-    "train_seconds": 61.5,
-    "global_step": 400,
+    "dataset": "digits", "global_step": 400, "train_seconds": 61.5, "images_per_second": 420.0,
+    "validation": {"accuracy": 0.95, "top5_accuracy": 1.0, "loss": 0.25, "num_examples": 144,
+                   "fewshot/5shot_accuracy": 0.71, "fewshot/5shot_l2": 1.0,
+                   "fewshot/10shot_accuracy": 0.8, "fewshot/10shot_l2": 0.1},
+    "test": {"accuracy": 0.9611, "top5_accuracy": 0.9972, "loss": 0.2, "num_examples": 360,
+             "confusion_matrix": [[1, 0], [0, 1]]},
+    "ema_test": {"accuracy": 0.9639, "top5_accuracy": 1.0, "loss": 0.19, "num_examples": 360},
+    "num_parameters": 12345, "skipped_images": 0, "total_seconds": 70.0,
 }
 
 
@@ -92,20 +95,31 @@ def test_card_metadata_model_index_and_sections(run_dir):
     assert data.license == "apache-2.0" and "hf_vit" in data.tags and data.base_model is None
     results = {(r.metric_name, r.dataset_split): r.metric_value for r in data.eval_results}
     assert results == {("Top-1 accuracy", "test"): 0.9611, ("Top-5 accuracy", "test"): 0.9972,
-                       ("5-shot linear accuracy", "test"): 0.71, ("10-shot linear accuracy", "test"): 0.8}
+                       ("5-shot linear accuracy", "validation"): 0.71, ("10-shot linear accuracy", "validation"): 0.8}
     assert {r.dataset_type for r in data.eval_results} == {"sklearn-digits"}  # from model_cards/digits.yaml
     for section in ("## Model details", "## Intended uses and limitations", "## How to use", "## Training data",
                     "## Training procedure", "## Evaluation", "## Hardware and training time", "## Citation"):
         assert section in card.text, section
     assert "@inproceedings{dosovitskiy2021image" in card.text and "trust_remote_code=True" in card.text
     assert 'subfolder="ema"' in card.text  # the run has EMA weights
-    assert "| test | 360 | 96.11% | 99.72% | 0.2000 |" in card.text
+    assert "| test | 360 | 96.11% | 99.72% | 0.2000 |" in card.text and "| EMA test | 360 | 96.39% |" in card.text
+    assert "| 10 | validation | 80.00% |" in card.text
     assert "| peak learning rate | 0.001 |" in card.text and "SGD momentum" not in card.text  # adamw run
-    assert "1.0 min (62 s) for 400 optimiser steps" in card.text
+    assert "1.0 min (62 s) for 400 optimiser steps, 420 images/s" in card.text
     assert "sklearn.datasets.load_digits" in card.text  # the data set's prose from model_cards/digits.yaml
     # No local absolute path (run_args.json holds output_dir and logging_dir as absolute paths).
     assert str(run_dir.resolve().parent) not in text and os.path.expanduser("~") not in text
     assert check_model_card(text, forbidden=(str(run_dir.resolve()),)) == []
+
+
+def test_few_shot_results_in_either_form():
+    from hf_vit.training.cards import collect_few_shot
+
+    assert collect_few_shot({"few_shot": {"5": 0.7, "10shot": {"accuracy": 0.8}, "notes": "x"}}) == [
+        (5, 0.7, None), (10, 0.8, None)]
+    assert collect_few_shot({"validation": {"accuracy": 0.9, "fewshot/25shot_accuracy": 0.85, "fewshot/25shot_l2": 1.0},
+                             "fewshot/1shot_accuracy": 0.3}) == [(1, 0.3, None), (25, 0.85, "validation")]
+    assert collect_few_shot({"test": {"accuracy": 0.9}}) == []
 
 
 def test_card_of_a_plain_model_folder_says_what_is_unknown(tmp_path):

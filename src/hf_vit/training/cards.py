@@ -64,6 +64,8 @@ _TRAINING_ROWS = (
     ("max_grad_norm", "gradient clipping (global norm)"),
     ("label_smoothing", "label smoothing"),
     ("augmentation", "augmentation"),
+    ("randaugment_num_ops", "RandAugment operations"),
+    ("randaugment_magnitude", "RandAugment magnitude"),
     ("mixup_alpha", "mixup alpha"),
     ("cutmix_alpha", "cutmix alpha"),
     ("drop_path_rate", "stochastic depth"),
@@ -254,7 +256,7 @@ def _pair(value):
 
 
 def architecture_name(config: dict) -> str:
-    """The paper's notation when the sizes match Table 1 ("ViT-B/16", "R50+ViT-B/16"), else "ViT/4 (custom size)"."""
+    """The paper's notation when the sizes match Table 1 ("ViT-B/16", "R50+ViT-B/16"), else "ViT/4, custom size"."""
     sizes = (config.get("num_hidden_layers"), config.get("hidden_size"), config.get("intermediate_size"),
              config.get("num_attention_heads"))
     ph, pw = _pair(config.get("patch_size", 16))
@@ -266,7 +268,7 @@ def architecture_name(config: dict) -> str:
     for size, table in VIT_VARIANTS.items():
         if tuple(table) == sizes:
             return f"{prefix}ViT-{size}/{patch}"
-    return f"{prefix}ViT/{patch} (custom size)"
+    return f"{prefix}ViT/{patch}, custom size"
 
 
 def _percent(value) -> str:
@@ -329,25 +331,46 @@ def collect_metrics(results: dict | None) -> list[tuple[str, dict]]:
     return sorted(found, key=lambda item: (order.get(item[0], 2), item[0]))
 
 
-def collect_few_shot(results: dict | None) -> list[tuple[int, float]]:
-    """(shots, accuracy) from a `few_shot` / `fewshot` / `few-shot` entry: {"5": 0.8} or {"5shot": {"accuracy": 0.8}}."""
-    rows = []
+_FLAT_FEW_SHOT = re.compile(r"^few.?shot[\W_]*(\d+)[\W_]*shots?[\W_]*accuracy$", re.IGNORECASE)
+
+
+def collect_few_shot(results: dict | None) -> list[tuple[int, float, str | None]]:
+    """
+    (shots, accuracy, split) of the few-shot linear evaluation, from either form:
+    flat keys as the training loop's evaluator writes them, inside the split they were measured on
+    (`"validation": {"fewshot/5shot_accuracy": 0.71, ...}`), or a top-level `few_shot` / `fewshot` entry
+    (`{"5": 0.71}` or `{"5shot": {"accuracy": 0.71}}`; split unknown: None).
+    """
+    rows = {}
     for key, value in (results or {}).items():
-        if re.search(r"few.?shot", key, re.IGNORECASE) and isinstance(value, dict):
+        if re.fullmatch(r"few.?shot", key, re.IGNORECASE) and isinstance(value, dict):
             for shots_key, entry in value.items():
                 match = re.search(r"\d+", str(shots_key))
                 accuracy = entry.get("accuracy") if isinstance(entry, dict) else entry
-                if match and isinstance(accuracy, (int, float)):
-                    rows.append((int(match.group(0)), float(accuracy)))
-    return sorted(rows)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# The card, section by section
+                if match and _is_number(accuracy):
+                    rows[(int(match.group(0)), None)] = float(accuracy)
+        elif isinstance(value, dict):
+            for flat_key, accuracy in value.items():
+                match = _FLAT_FEW_SHOT.match(str(flat_key))
+                if match and _is_number(accuracy):
+                    rows[(int(match.group(1)), key)] = float(accuracy)
+        else:
+            match = _FLAT_FEW_SHOT.match(key)
+            if match and _is_number(value):
+                rows[(int(match.group(1)), None)] = float(value)
+    return sorted((shots, accuracy, split) for (shots, split), accuracy in rows.items())
 
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _split_label(label: str) -> str:
+    return " ".join("EMA" if word == "ema" else word for word in label.replace("_", " ").split())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The card, section by section
 
 
 def _metadata(facts, card_data, model_name, dataset_type, dataset_name, base_model):
@@ -366,9 +389,10 @@ def _metadata(facts, card_data, model_name, dataset_type, dataset_name, base_mod
         if _is_number(m.get("top5_accuracy")):
             eval_results.append(EvalResult(metric_type="accuracy", metric_name="Top-5 accuracy", metric_config="top5",
                                            metric_value=m["top5_accuracy"], **common))
-        for shots, value in collect_few_shot(facts.eval_results):
+        for shots, value, few_shot_split in collect_few_shot(facts.eval_results):
             eval_results.append(EvalResult(metric_type="accuracy", metric_name=f"{shots}-shot linear accuracy",
-                                           metric_config=f"{shots}-shot-linear", metric_value=value, **common))
+                                           metric_config=f"{shots}-shot-linear", metric_value=value,
+                                           **{**common, "dataset_split": few_shot_split or split}))
     tags = ["hf_vit", "vision-transformer", "vit", "image-classification"]
     tags += [t for t in card_data.get("tags") or [] if t not in tags]
     return ModelCardData(
@@ -453,7 +477,7 @@ def _training_data(facts, dataset_info, dataset_key) -> str:
         text += ("\n\nSplits: " + ", ".join(f"`{k}` = {_fmt(facts.run_args[k])}" for k in split_keys)
                  + " (a fixed, stratified split where the data set has no test split of its own).")
     sizes = [f"{m['num_examples']:,} {label}" for label, m in collect_metrics(facts.eval_results)
-             if isinstance(m.get("num_examples"), int)]
+             if label in ("test", "validation") and isinstance(m.get("num_examples"), int)]
     if sizes:
         text += " Evaluation images: " + ", ".join(sizes) + "."
     return text
@@ -474,7 +498,15 @@ def _training_procedure(facts, start_text) -> tuple[str, list]:
     hidden.add("num_epochs" if (args.get("max_steps") or 0) > 0 else "max_steps")
     hidden.add("warmup_ratio" if (args.get("warmup_steps") or 0) > 0 else "warmup_steps")
     rows = [("initialisation", start_text)]
-    rows += [(label, _fmt(args[key])) for key, label in _TRAINING_ROWS if key in args and key not in hidden]
+    # Options that are off (0 / None) are left out; label smoothing 0 is kept, as the paper states it.
+    optional = {"randaugment_num_ops", "randaugment_magnitude", "mixup_alpha", "cutmix_alpha", "drop_path_rate",
+                "ema_decay", "layer_decay"}
+    if not args.get("randaugment_num_ops"):
+        hidden.add("randaugment_magnitude")
+    if args.get("layer_decay") == 1:  # 1 = no layer-wise decay
+        hidden.add("layer_decay")
+    rows += [(label, _fmt(args[key])) for key, label in _TRAINING_ROWS
+             if key in args and key not in hidden and not (key in optional and not args[key])]
     if facts.eval_results and isinstance(facts.eval_results.get("global_step"), int):
         rows.append(("optimiser steps done", f"{facts.eval_results['global_step']:,}"))
     return intro, rows
@@ -485,14 +517,15 @@ def _evaluation(facts) -> tuple[str, list, list]:
     for label, m in collect_metrics(facts.eval_results):
         images = f"{m['num_examples']:,}" if isinstance(m.get("num_examples"), int) else "–"
         loss = f"{m['loss']:.4f}" if _is_number(m.get("loss")) else "–"
-        rows.append([label, images, _percent(m.get("accuracy")), _percent(m.get("top5_accuracy")), loss])
+        rows.append([_split_label(label), images, _percent(m.get("accuracy")), _percent(m.get("top5_accuracy")), loss])
     if rows:
         intro = ("From the run's `eval_results.json` (included in this repository), computed by hf_vit's evaluation "
                  "loop on the held-out splits after training.")
     else:
         intro = ("Unknown: the folder this model was published from has no evaluation results (eval_results.json). "
                  "Measure the accuracy on your data before relying on it.")
-    few_shot = [(shots, _percent(value)) for shots, value in collect_few_shot(facts.eval_results)]
+    few_shot = [(shots, _split_label(split) if split else "–", _percent(value))
+                for shots, value, split in collect_few_shot(facts.eval_results)]
     return intro, rows, few_shot
 
 

@@ -450,7 +450,7 @@ def _default_commit_message(stage: Path) -> str:
     from .cards import architecture_name
 
     with open(stage / "config.json") as f:
-        message = f"Upload {architecture_name(json.load(f)).split(' (')[0]} (hf_vit)"
+        message = f"Upload {architecture_name(json.load(f))} (hf_vit)"
     results = stage / "eval_results.json"
     if results.is_file():
         with open(results) as f:
@@ -458,6 +458,24 @@ def _default_commit_message(stage: Path) -> str:
         if isinstance(test, dict) and isinstance(test.get("accuracy"), (int, float)):
             message += f", test top-1 {100 * test['accuracy']:.2f}%"
     return message
+
+
+def check_can_publish(repo_id: str, *, revision: str | None = None, create_pr: bool = False,
+                      need_token: bool = True) -> str | None:
+    """
+    The checks that need no model: a valid repo id, `create_pr` without a branch, and a token (returned). Recipes
+    call it before training, so that a run that is to be published does not find out hours later.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise ValueError(f"`repo_id` {repo_id!r} is not a valid Hub repository id ('namespace/name'): {error}") from None
+    if create_pr and revision not in (None, "main"):
+        raise ValueError(
+            f"`create_pr` opens a pull request against main; do not combine it with `revision` {revision!r}.")
+    return _token() if need_token else None
 
 
 def publish_run(run_dir, repo_id: str, *, private: bool = False, revision: str | None = None, create_pr: bool = False,
@@ -471,16 +489,8 @@ def publish_run(run_dir, repo_id: str, *, private: bool = False, revision: str |
     `dry_run=True` prints the file list and the card and sends nothing. The token comes from `HF_TOKEN` or the
     login cache. `stage_dir` keeps the assembled repository (default: a temporary folder). `run_dir` is only read.
     """
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as error:
-        raise ValueError(f"`repo_id` {repo_id!r} is not a valid Hub repository id ('namespace/name'): {error}") from None
-    if create_pr and revision not in (None, "main"):
-        raise ValueError(f"`create_pr` opens a pull request against main; do not combine it with `revision` {revision!r}.")
+    token = check_can_publish(repo_id, revision=revision, create_pr=create_pr, need_token=not dry_run)
     run = Path(run_dir)
-    token = None if dry_run else _token()  # fail before the slow part when there is no token
     before = _folder_digest(run) if run.is_dir() else None
     secrets = tuple(local_path_markers(run)) + ((token,) if token else ())
 
