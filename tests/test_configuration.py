@@ -101,3 +101,26 @@ def test_json_round_trip(tmp_path):
     assert loaded.to_diff_dict() == config.to_diff_dict()
     assert loaded.image_hw == (32, 48) and loaded.grid_size == (4, 3) and loaded.num_patches == 12
     assert not loaded.use_class_token and loaded.num_prefix_tokens == 0
+
+
+def test_json_round_trip_of_a_hybrid_with_options(tmp_path):
+    config = ViTConfig.from_variant(
+        "R50+B/16", image_size=384, position_embedding_type="relative", pooling="ggem", drop_path_rate=0.1,
+        out_features=["stage4", "stage12"],
+    )
+    config.save_pretrained(tmp_path)
+    loaded = ViTConfig.from_pretrained(tmp_path)
+    assert loaded.to_diff_dict() == config.to_diff_dict()
+    assert loaded.backbone_depths == [3, 4, 9] and loaded.token_pixel_size == (16, 16) and loaded.grid_size == (24, 24)
+    assert loaded.out_features == ["stage4", "stage12"] and loaded.out_indices == [4, 12]
+    assert not loaded.use_class_token and loaded.num_prefix_tokens == 0
+
+
+def test_a_plain_config_json_holds_no_backbone_selection(tmp_path):
+    import json
+
+    ViTConfig(**TINY).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["out_features"] is None and saved["out_indices"] is None and "stage_names" not in saved
+    loaded = ViTConfig.from_pretrained(tmp_path)
+    assert loaded.backbone_depths is None and loaded.stage_names == ["stem", "stage1", "stage2"]

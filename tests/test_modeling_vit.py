@@ -268,3 +268,73 @@ def test_pooled_only_gives_the_full_models_numbers(implementation):
         short = base(pixel_values, pooled_only=True)
         torch.testing.assert_close(short.pooler_output, base(pixel_values).pooler_output, rtol=1e-5, atol=1e-6)
     assert short.last_hidden_state.shape[1] == 1
+
+
+# ---- transfer: the paper's fine-tuning head --------------------------------------------------------------------------
+
+
+def _pretrained_classifier(path=None, **overrides):
+    torch.manual_seed(0)
+    config = make_config(num_labels=5, representation_size=24, head_zero_init=False, **overrides)
+    model = ViTForImageClassification(config).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.02)
+    if path is not None:
+        model.save_pretrained(path)
+    return model
+
+
+def _body(model):
+    return {k: v for k, v in model.state_dict().items() if not k.startswith(("classifier.", "vit.pooler."))}
+
+
+def test_prepare_for_fine_tuning_drops_pre_logits_and_zero_inits_a_new_head(tmp_path):
+    model = _pretrained_classifier()
+    body = {k: v.clone() for k, v in _body(model).items()}
+    labels = {0: "cat", 1: "dog", 2: "bird", 3: "fish"}
+    assert model.prepare_for_fine_tuning(id2label=labels) is model
+    config = model.config
+    assert config.representation_size is None and model.vit.pooler.dense is None
+    assert config.num_labels == 4 and config.id2label == labels and config.label2id["dog"] == 1
+    assert model.classifier.in_features == 32 and model.classifier.out_features == 4
+    assert model.classifier.weight.abs().sum() == 0 and model.classifier.bias.abs().sum() == 0
+    for key, value in _body(model).items():
+        assert torch.equal(value, body[key]), key  # every other weight is kept
+    pixel_values = pixel_values_for(config)
+    assert torch.equal(model(pixel_values).logits, torch.zeros(2, 4))
+    # The result is an ordinary model: it trains (gradients reach the new head) and saves / loads as it is.
+    model.train()
+    model(pixel_values, labels=torch.tensor([0, 3])).loss.backward()
+    assert model.classifier.weight.grad.abs().sum() > 0
+    model.save_pretrained(tmp_path)
+    reloaded = ViTForImageClassification.from_pretrained(tmp_path)
+    assert reloaded.config.representation_size is None and reloaded.config.id2label == labels
+    with pytest.raises(ValueError, match="`num_labels` must be a positive integer"):
+        model.prepare_for_fine_tuning(num_labels=0)
+
+
+def test_from_pretrained_with_new_labels_gives_the_fine_tuning_head(tmp_path):
+    pretrained = _pretrained_classifier(tmp_path)
+    model = ViTForImageClassification.from_pretrained(tmp_path, num_labels=7, ignore_mismatched_sizes=True)
+    assert model.config.num_labels == 7 and model.config.representation_size is None
+    assert model.vit.pooler.dense is None and model.classifier.in_features == 32
+    assert model.classifier.weight.abs().sum() == 0
+    expected = _body(pretrained)
+    for key, value in _body(model).items():
+        assert torch.equal(value, expected[key]), key
+    # Opting out keeps the pre-logits layer (loaded), still with a fresh zero head.
+    kept, info = ViTForImageClassification.from_pretrained(
+        tmp_path, num_labels=7, ignore_mismatched_sizes=True, keep_pre_logits=True, output_loading_info=True
+    )
+    assert kept.config.representation_size == 24
+    assert torch.equal(kept.vit.pooler.dense.weight, pretrained.vit.pooler.dense.weight)
+    assert kept.classifier.weight.abs().sum() == 0 and "mismatched_keys" in info
+    # Same labels: nothing is new, nothing changes.
+    same = ViTForImageClassification.from_pretrained(tmp_path, ignore_mismatched_sizes=True)
+    assert same.config.representation_size == 24
+    assert torch.equal(same.classifier.weight, pretrained.classifier.weight)
+    # A headless checkpoint (ViTModel) also gets the fine-tuning head.
+    ViTModel(make_config(representation_size=24)).save_pretrained(tmp_path / "bare")
+    fresh = ViTForImageClassification.from_pretrained(tmp_path / "bare", num_labels=3, ignore_mismatched_sizes=True)
+    assert fresh.config.representation_size is None and fresh.classifier.weight.abs().sum() == 0
