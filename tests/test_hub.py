@@ -367,3 +367,11 @@ def test_no_token_is_a_clear_error_before_any_work(run_dir, hub, monkeypatch, ca
     with pytest.raises(HubPublishError, match="No Hugging Face token: set the HF_TOKEN environment variable"):
         publish_run(run_dir, "tester/vit-tiny")
     assert hub.requests == [] and capsys.readouterr().out == ""
+
+
+def test_card_command_writes_the_card(run_dir, tmp_path):
+    from hf_vit.cli import main
+
+    assert main(["card", str(run_dir), "--repo-id", "tester/vit-tiny", "-o", str(tmp_path / "README.md")]) == 0
+    assert (tmp_path / "README.md").read_text() == render_model_card(run_dir, "tester/vit-tiny").content
+    assert main(["card", str(tmp_path / "missing"), "--repo-id", "tester/vit-tiny"]) == 2

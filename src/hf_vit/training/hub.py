@@ -308,7 +308,8 @@ def sample_image(path) -> Path:
 
 def _scrubbed_env(modules_cache: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in _TOKEN_ENV_NAMES}
-    env.update({"HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "HF_MODULES_CACHE": modules_cache,
+    env.update({"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1", "PYTHONPATH": "",
+                "HF_MODULES_CACHE": modules_cache,
                 "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"})
     return env
 
@@ -339,11 +340,15 @@ def validate_repository(stage_dir, *, forbidden: tuple = (), timeout: float = 90
     models = ["."] + sorted(p.name for p in stage.iterdir() if p.is_dir() and (p / "config.json").is_file())
     with tempfile.TemporaryDirectory(prefix="hf_vit_check_") as scratch:
         image_path = sample_image(Path(scratch) / "photo.png")
-        done = subprocess.run(
-            [sys.executable, "-c", _REMOTE_CHECK, str(image_path)] + [str((stage / m).resolve()) for m in models],
-            capture_output=True, text=True, env=_scrubbed_env(str(Path(scratch) / "modules")), cwd=scratch,
-            timeout=timeout,
-        )
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", _REMOTE_CHECK, str(image_path)] + [str((stage / m).resolve()) for m in models],
+                capture_output=True, text=True, env=_scrubbed_env(str(Path(scratch) / "modules")), cwd=scratch,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            raise ValueError(f"Loading the assembled repository without hf_vit took more than {timeout:.0f} s; "
+                             "nothing was published.") from None
         if done.returncode != 0:
             tail = "\n".join(done.stderr.strip().splitlines()[-15:])
             raise ValueError(
