@@ -335,3 +335,57 @@ def test_r50_b16_matches_timm():
     assert feature_diff < 1e-4
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
     assert math.isfinite(logit_diff)
+
+
+# ---- remote code ---------------------------------------------------------------------------------------------------
+
+_REMOTE_HYBRID_SCRIPT = """
+import importlib.abc, json, sys
+
+class HideHfVit(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "hf_vit" or name.startswith("hf_vit."):
+            raise ImportError("hf_vit is hidden in this interpreter")
+
+sys.meta_path.insert(0, HideHfVit())
+sys.path = [p for p in sys.path if not p.rstrip("/").endswith("src")]
+import torch, transformers
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+folder = sys.argv[1]
+model = transformers.AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
+backbone_class = get_class_from_dynamic_module(model.config.auto_map["AutoBackbone"], folder)
+backbone = backbone_class.from_pretrained(folder, out_indices=[1]).eval()
+pixel_values = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+with torch.no_grad():
+    logits = model(pixel_values).logits
+    feature_map = backbone(pixel_values).feature_maps[0]
+print(json.dumps({"module": type(model).__module__, "logits": logits.tolist(), "feature_sum": feature_map.sum().item()}))
+"""
+
+
+def test_hybrid_with_options_loads_as_remote_code_without_hf_vit(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    config = make_config({**TINY_HYBRID, "position_embedding_type": "relative", "pooling": "map", "head_zero_init": False})
+    torch.manual_seed(0)
+    model = ViTForImageClassification(config).eval()
+    model.save_pretrained(tmp_path / "model")
+    assert (tmp_path / "model" / "modeling_resnetv2.py").exists()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    done = subprocess.run(
+        [sys.executable, "-c", _REMOTE_HYBRID_SCRIPT, str(tmp_path / "model")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["module"].startswith("transformers_modules")
+    pixel_values = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(pixel_values).logits
+        hidden = model.vit(pixel_values, output_hidden_states=True).hidden_states[1]
+    torch.testing.assert_close(torch.tensor(result["logits"]), expected, rtol=1e-5, atol=1e-6)
+    assert abs(result["feature_sum"] - model.vit.layernorm(hidden).sum().item()) < 1e-3
