@@ -1,81 +1,445 @@
-"""Image-classification data for the recipes: one entry point, fixed splits, and the batch collator."""
+"""Image-classification data for the recipes: one entry point for every source, fixed splits, bad-image checks,
+and the batch collator (ViT paper, section 4.1: the data sets of the paper come from TFDS / the Hub; here any of
+the sources below).
 
-from dataclasses import dataclass
+Sources (`DataArguments.dataset`):
+- `digits`: scikit-learn's 1,797 real 8x8 scans of handwritten digits, shipped inside scikit-learn (offline).
+- a folder of IDX files (MNIST / Fashion-MNIST layout, plain or .gz; e.g. Debian's `dataset-fashion-mnist`).
+- a folder of images in class sub-folders (`imagefolder`; optional `train/`, `test/`, `validation/` levels).
+- a Hub dataset id (`owner/name`, optionally `dataset_config`), with `streaming=True` for data larger than the disk.
+Every source becomes `datasets` splits with an `image` and a `label` column, so the same data also feeds
+`transformers.Trainer` (see `TrainerTransform`).
+"""
+
+import io
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import numpy as np
+import PIL.Image
 import torch
-from PIL import Image
 
-from .transforms import augmentation_for
+from .idx import FASHION_MNIST_LABELS, find_idx_files, load_idx_split
+
+
+SOURCE_KINDS = ("digits", "idx", "imagefolder", "hub")
+ON_BAD_IMAGE = ("skip", "fail")
+_IMAGE_COLUMNS = ("image", "img", "pixel_values", "png", "jpg", "jpeg")
+_LABEL_COLUMNS = ("label", "labels", "fine_label", "class", "cls")
 
 
 @dataclass
 class ImageClassificationData:
-    """Train/validation/test splits (`datasets.Dataset`s with an `image` and a `label` column) and the label names."""
+    """
+    Train / validation / test splits (`datasets.Dataset`, or `IterableDataset` when streaming; validation may be
+    None) with an `image` and a `label` column, the label names, and what was found on the way.
+    """
 
-    train: "object"
-    validation: "object"
-    test: "object"
+    train: object
+    validation: object
+    test: object
     label_names: list
     name: str
+    kind: str = "digits"
+    streaming: bool = False
+    skipped_images: list = field(default_factory=list)  # [(split, row, where, reason), ...]
 
     @property
     def id2label(self) -> dict:
         return dict(enumerate(self.label_names))
 
-
-def _split_indices(labels, test_fraction, validation_fraction, seed):
-    """Stratified, seeded train/validation/test index split (the same on every machine)."""
-    from sklearn.model_selection import train_test_split
-
-    for name, value in (("test_fraction", test_fraction), ("validation_fraction", validation_fraction)):
-        if not 0.0 < value < 1.0:
-            raise ValueError(f"`{name}` must be in (0, 1), got {value}.")
-    indices = np.arange(len(labels))
-    train, test = train_test_split(indices, test_size=test_fraction, random_state=seed, stratify=labels)
-    train, validation = train_test_split(
-        train, test_size=validation_fraction, random_state=seed, stratify=np.asarray(labels)[train]
-    )
-    return train, validation, test
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
 
 
-def load_digits_data(test_fraction=0.2, validation_fraction=0.1, split_seed=0) -> ImageClassificationData:
-    """scikit-learn's digits: 1,797 real 8x8 grayscale scans of handwritten digits, shipped inside scikit-learn."""
-    from datasets import ClassLabel, Dataset, Features
+# ---------------------------------------------------------------------------------------------------------------------
+# Which source a `dataset` string names
+
+
+def resolve_source_kind(dataset: str, dataset_format: str = "auto") -> str:
+    """'digits' | 'idx' | 'imagefolder' | 'hub' for a `dataset` value (a name, a folder or a Hub id)."""
+    if dataset_format != "auto":
+        if dataset_format not in SOURCE_KINDS:
+            raise ValueError(f"`dataset_format` must be 'auto' or one of {list(SOURCE_KINDS)}, got {dataset_format!r}.")
+        return dataset_format
+    if dataset == "digits":
+        return "digits"
+    if os.path.isdir(dataset):
+        return "idx" if find_idx_files(dataset) else "imagefolder"
+    if os.path.exists(dataset):
+        raise ValueError(f"`dataset` {dataset!r} is a file; give a folder (IDX files or class sub-folders), 'digits' or a Hub id.")
+    if dataset.startswith((".", "/", "~")) or dataset.count("/") > 1 or os.sep in dataset.replace("/", ""):
+        raise FileNotFoundError(f"`dataset` folder {dataset!r} does not exist.")
+    return "hub"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Sources -> {split: dataset with image/label columns}, label names
+
+
+def _features(label_names):
+    from datasets import ClassLabel, Features
     from datasets import Image as ImageFeature
+
+    return Features({"image": ImageFeature(), "label": ClassLabel(names=list(label_names))})
+
+
+def _load_digits():
+    from datasets import Dataset
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     # Values are ink intensities 0..16; as 8-bit grayscale images (0 = paper, 255 = full ink).
     pixels = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
-    images = [Image.fromarray(p, mode="L") for p in pixels]
     names = [str(i) for i in range(10)]
-    features = Features({"image": ImageFeature(), "label": ClassLabel(names=names)})
-    full = Dataset.from_dict({"image": images, "label": digits.target.tolist()}, features=features)
-    train, validation, test = _split_indices(digits.target, test_fraction, validation_fraction, split_seed)
-    return ImageClassificationData(
-        train=full.select(train), validation=full.select(validation), test=full.select(test), label_names=names, name="digits"
-    )
+    full = Dataset.from_dict({"image": list(pixels), "label": digits.target.tolist()}, features=_features(names))
+    return {"train": full}, names
+
+
+def _load_idx(folder, label_names=None):
+    from datasets import Dataset
+
+    files = find_idx_files(folder)
+    if "train" not in files:
+        raise ValueError(f"{folder}: no training IDX files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz]).")
+    arrays = {split: load_idx_split(*paths) for split, paths in files.items()}
+    num_classes = int(max(labels.max() for _, labels in arrays.values())) + 1
+    if not label_names:
+        # The Debian package's folder is called fashion-mnist; MNIST's digits are their own names.
+        fashion = "fashion" in os.path.basename(os.path.normpath(folder)).lower() and num_classes == 10
+        label_names = list(FASHION_MNIST_LABELS) if fashion else [str(i) for i in range(num_classes)]
+    if len(label_names) < num_classes:
+        raise ValueError(f"`label_names` has {len(label_names)} names but {folder} holds labels up to {num_classes - 1}.")
+    splits = {
+        split: Dataset.from_dict({"image": list(images), "label": labels.tolist()}, features=_features(label_names))
+        for split, (images, labels) in arrays.items()
+    }
+    return splits, list(label_names)
+
+
+def _load_with_datasets(kind, data_args):
+    from datasets import load_dataset
+
+    if kind == "imagefolder":
+        loaded = load_dataset("imagefolder", data_dir=data_args.dataset, streaming=data_args.streaming)
+    else:
+        loaded = load_dataset(data_args.dataset, data_args.dataset_config, streaming=data_args.streaming)
+    splits = dict(loaded)
+    if not splits:
+        raise ValueError(f"`dataset` {data_args.dataset!r} has no splits.")
+    first = next(iter(splits.values()))
+    image_column = _pick_column(first, data_args.image_column, _IMAGE_COLUMNS, "image", data_args.dataset)
+    label_column = _pick_column(first, data_args.label_column, _LABEL_COLUMNS, "label", data_args.dataset)
+    renamed = {}
+    for name, split in splits.items():
+        keep = [image_column, label_column]
+        split = split.select_columns(keep)
+        if image_column != "image":
+            split = split.rename_column(image_column, "image")
+        if label_column != "label":
+            split = split.rename_column(label_column, "label")
+        renamed[name] = split
+    label_feature = first.features[label_column] if first.features is not None else None
+    if hasattr(label_feature, "names"):
+        label_names = list(label_feature.names)
+    elif data_args.label_names:
+        label_names = list(data_args.label_names)
+    elif data_args.streaming:
+        raise ValueError(
+            f"{data_args.dataset}: column {label_column!r} has no class names and a stream cannot be scanned for them; "
+            "pass `label_names`."
+        )
+    else:
+        values = sorted(set(renamed["train" if "train" in renamed else next(iter(renamed))]["label"]))
+        if values != list(range(len(values))):
+            raise ValueError(
+                f"{data_args.dataset}: labels in column {label_column!r} must be 0..K-1 integers or a ClassLabel; "
+                f"got values {values[:10]}."
+            )
+        label_names = [str(v) for v in values]
+    return renamed, label_names
+
+
+def _pick_column(dataset, requested, candidates, what, source):
+    from datasets import ClassLabel
+    from datasets import Image as ImageFeature
+
+    columns = list(dataset.column_names or (dataset.features or {}).keys())
+    if requested != "auto":
+        if requested not in columns:
+            raise ValueError(f"{source}: `{what}_column` {requested!r} is not a column; columns are {columns}.")
+        return requested
+    features = dataset.features or {}
+    wanted = ImageFeature if what == "image" else ClassLabel
+    typed = [name for name in columns if isinstance(features.get(name), wanted)]
+    if typed:
+        return typed[0]
+    named = [name for name in candidates if name in columns]
+    if named:
+        return named[0]
+    raise ValueError(f"{source}: cannot tell which column holds the {what}; columns are {columns}. Pass `{what}_column`.")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Unreadable / corrupt images: found before training, never mid-epoch
+
+
+def check_image(value) -> str | None:
+    """None when an `Image(decode=False)` value ({"bytes", "path"}) decodes fully, else the reason it does not."""
+    if value is None:
+        return "missing image"
+    try:
+        source = io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
+        if source is None:
+            return "no bytes and no path"
+        with PIL.Image.open(source) as image:
+            if image.width < 1 or image.height < 1:
+                return f"empty image ({image.width}x{image.height})"
+            image.draft(image.mode, (64, 64))  # JPEG: decode at reduced size; truncation is still detected
+            image.load()
+    except Exception as error:  # noqa: BLE001  (any decoder error makes the image unusable)
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def find_bad_images(dataset, num_threads: int = 4) -> list[tuple[int, str, str]]:
+    """[(row, path or 'row N', reason), ...] for every row of `dataset` whose `image` does not decode."""
+    from datasets import Image as ImageFeature
+
+    raw = dataset.cast_column("image", ImageFeature(decode=False)).select_columns(["image"])
+    bad, offset = [], 0
+    with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:  # PIL decoders release the GIL
+        for chunk in raw.iter(batch_size=512):
+            values = chunk["image"]
+            for i, reason in enumerate(pool.map(check_image, values)):
+                if reason is not None:
+                    where = (values[i] or {}).get("path") or f"row {offset + i}"
+                    bad.append((offset + i, where, reason))
+            offset += len(values)
+    return bad
+
+
+class BadImageError(ValueError):
+    """Raised with `on_bad_image='fail'`: lists every unreadable image."""
+
+
+def _drop_bad_images(split_name, dataset, on_bad_image, skipped, num_threads):
+    bad = find_bad_images(dataset, num_threads)
+    if not bad:
+        return dataset
+    listing = "\n".join(f"  {where}: {reason}" for _, where, reason in bad)
+    if on_bad_image == "fail":
+        raise BadImageError(
+            f"{len(bad)} unreadable image(s) in the {split_name!r} split (on_bad_image='fail'):\n{listing}\n"
+            "Fix or remove them, or pass `--on_bad_image skip` to train without them."
+        )
+    first = ", ".join(where for _, where, _ in bad[:5])
+    print(f"data: skipping {len(bad)} unreadable image(s) in the {split_name!r} split (first: {first})")
+    skipped.extend((split_name, row, where, reason) for row, where, reason in bad)
+    bad_rows = {row for row, _, _ in bad}
+    return dataset.select([i for i in range(len(dataset)) if i not in bad_rows])
+
+
+class _StreamImageFilter:
+    """Streaming: rows are checked as they arrive (a stream cannot be scanned up front); bad ones skipped or fatal."""
+
+    def __init__(self, split_name, on_bad_image):
+        self.split_name, self.on_bad_image = split_name, on_bad_image
+
+    def __call__(self, example) -> bool:
+        reason = check_image(example["image"])
+        if reason is None:
+            return True
+        where = (example["image"] or {}).get("path") or "a streamed row"
+        if self.on_bad_image == "fail":
+            raise BadImageError(f"unreadable image in the streamed {self.split_name!r} split: {where}: {reason}")
+        return False
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Splits
+
+
+def _stratified_split(dataset, fraction, seed, what):
+    """(rest, held-out) with `fraction` of the rows held out, stratified by label, the same on every machine."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"`{what}` must be in (0, 1), got {fraction}.")
+    labels = np.asarray(dataset["label"])
+    counts = np.bincount(labels)
+    stratify = labels if counts[counts > 0].min() >= 2 else None
+    rest, held = train_test_split(np.arange(len(labels)), test_size=fraction, random_state=seed, stratify=stratify)
+    return dataset.select(np.sort(rest)), dataset.select(np.sort(held))
+
+
+def _pick_split(splits, requested, names, what):
+    if requested not in ("auto", "none", ""):
+        if requested not in splits:
+            raise ValueError(f"`{what}` {requested!r} is not a split of this data set; splits are {sorted(splits)}.")
+        return requested
+    if requested in ("none", ""):
+        return None
+    return next((name for name in names if name in splits), None)
+
+
+def _make_splits(splits, data_args, streaming):
+    train_name = data_args.train_split
+    if train_name not in splits:
+        raise ValueError(f"`train_split` {train_name!r} is not a split of this data set; splits are {sorted(splits)}.")
+    train = splits[train_name]
+    others = {k: v for k, v in splits.items() if k != train_name}
+    test_name = _pick_split(others, data_args.test_split, ("test", "validation", "valid", "val"), "test_split")
+    test = others.pop(test_name) if test_name else None
+    validation_name = _pick_split(others, data_args.validation_split, ("validation", "valid", "val"), "validation_split")
+    validation = others.pop(validation_name) if validation_name else None
+
+    if streaming:
+        holdout = data_args.streaming_holdout_size
+        if test is None:
+            test, train = train.take(holdout), train.skip(holdout)
+        if validation is None and data_args.validation_fraction > 0:
+            validation, train = train.take(holdout), train.skip(holdout)
+        return train, validation, test
+    if test is None:
+        train, test = _stratified_split(train, data_args.test_fraction, data_args.split_seed, "test_fraction")
+    if validation is None and data_args.validation_fraction > 0:
+        train, validation = _stratified_split(
+            train, data_args.validation_fraction, data_args.split_seed, "validation_fraction"
+        )
+    return train, validation, test
+
+
+def _limit(dataset, count, streaming):
+    if not count or dataset is None:
+        return dataset
+    if streaming:
+        return dataset.take(count)
+    return dataset.select(range(min(count, len(dataset))))
 
 
 def load_image_classification_data(data_args) -> ImageClassificationData:
-    """The recipes' one entry point for data (`DataArguments.dataset`)."""
-    if data_args.dataset == "digits":
-        return load_digits_data(data_args.test_fraction, data_args.validation_fraction, data_args.split_seed)
-    raise ValueError(f"`dataset` {data_args.dataset!r} is not supported; allowed: 'digits'.")
+    """The recipes' one entry point for data: source -> checked, split `ImageClassificationData` (`DataArguments`)."""
+    if data_args.on_bad_image not in ON_BAD_IMAGE:
+        raise ValueError(f"`on_bad_image` must be one of {list(ON_BAD_IMAGE)}, got {data_args.on_bad_image!r}.")
+    kind = resolve_source_kind(data_args.dataset, data_args.dataset_format)
+    streaming = bool(data_args.streaming)
+    if streaming and kind in ("digits", "idx"):
+        raise ValueError(f"`streaming` applies to Hub ids and image folders; {data_args.dataset!r} is held in memory.")
+    if kind == "digits":
+        splits, label_names = _load_digits()
+    elif kind == "idx":
+        splits, label_names = _load_idx(data_args.dataset, data_args.label_names)
+    else:
+        splits, label_names = _load_with_datasets(kind, data_args)
+
+    skipped = []
+    if kind in ("imagefolder", "hub"):
+        from datasets import Image as ImageFeature
+
+        for name in list(splits):
+            if streaming:
+                filtered = splits[name].cast_column("image", ImageFeature(decode=False))
+                filtered = filtered.filter(_StreamImageFilter(name, data_args.on_bad_image))
+                splits[name] = filtered.cast_column("image", ImageFeature())
+            else:
+                splits[name] = _drop_bad_images(name, splits[name], data_args.on_bad_image, skipped,
+                                                max(2, data_args.num_workers))
+
+    train, validation, test = _make_splits(splits, data_args, streaming)
+    train = _limit(train, data_args.max_train_examples, streaming)
+    validation = _limit(validation, data_args.max_eval_examples, streaming)
+    test = _limit(test, data_args.max_eval_examples, streaming)
+    name = data_args.dataset if kind != "idx" else os.path.basename(os.path.normpath(data_args.dataset))
+    return ImageClassificationData(
+        train=train, validation=validation, test=test, label_names=label_names, name=name, kind=kind,
+        streaming=streaming, skipped_images=skipped,
+    )
+
+
+def load_digits_data(test_fraction=0.2, validation_fraction=0.1, split_seed=0) -> ImageClassificationData:
+    """scikit-learn's digits with the main job's fixed split (a shortcut for `load_image_classification_data`)."""
+    from .arguments import DataArguments
+
+    return load_image_classification_data(
+        DataArguments(dataset="digits", test_fraction=test_fraction, validation_fraction=validation_fraction,
+                      split_seed=split_seed)
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Batches
+
+
+def _as_image(value):
+    """A decoded image, or an undecoded {"bytes", "path"} value decoded now."""
+    if isinstance(value, dict) and ("bytes" in value or "path" in value):
+        source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
+        image = PIL.Image.open(source)
+        image.load()
+        return image
+    return value
 
 
 class ImageClassificationCollator:
-    """list of {"image": PIL, "label": int} -> {"pixel_values": (B, 3, H, W), "labels": (B,)}, augmented for training."""
+    """
+    list of {"image", "label"} -> {"pixel_values": (B, 3, H, W), "labels": (B,) or soft (B, K) with mixup/cutmix}.
 
-    def __init__(self, image_processor, augmentation="none", generator_seed=None):
+    Runs in the DataLoader workers: preprocessing (the model's `ViTImageProcessor`, batched), then the training
+    augmentation and mixup/cutmix, with randomness from the batch's own seed when the sampler gives one (resumable),
+    else from the worker's global generator.
+    """
+
+    def __init__(self, image_processor, augmentation=None, num_classes=None, mixup_alpha=0.0, cutmix_alpha=0.0):
+        if (mixup_alpha > 0 or cutmix_alpha > 0) and not num_classes:
+            raise ValueError("mixup / cutmix need `num_classes`.")
+        if mixup_alpha < 0 or cutmix_alpha < 0:
+            raise ValueError(f"`mixup_alpha` and `cutmix_alpha` must be >= 0 (0 = off), got {mixup_alpha}, {cutmix_alpha}.")
         self.image_processor = image_processor
-        self.augment = augmentation_for(augmentation)
-        self.generator = torch.Generator().manual_seed(generator_seed) if generator_seed is not None else None
+        self.augment = augmentation
+        self.num_classes = num_classes
+        self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
 
     def __call__(self, examples):
-        pixel_values = self.image_processor([e["image"] for e in examples], return_tensors="pt")["pixel_values"]
-        if self.augment is not None:
-            pixel_values = self.augment(pixel_values, generator=self.generator)
+        seed = getattr(examples, "seed", None)
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        images = [_as_image(e["image"]) for e in examples]
+        pixel_values = self.image_processor(images, return_tensors="pt")["pixel_values"]
         labels = torch.tensor([e["label"] for e in examples], dtype=torch.long)
+        if self.augment is not None:
+            pixel_values = self.augment(pixel_values, generator=generator)
+        if self.mixup_alpha > 0 or self.cutmix_alpha > 0:
+            from .transforms import mixup_cutmix
+
+            pixel_values, labels = mixup_cutmix(
+                pixel_values, labels, self.num_classes, self.mixup_alpha, self.cutmix_alpha, generator=generator
+            )
         return {"pixel_values": pixel_values, "labels": labels}
+
+
+class TrainerTransform:
+    """
+    The same preprocessing and augmentation for `transformers.Trainer`: a `Dataset.with_transform` function
+    (batch of columns -> {"pixel_values", "labels"}). Use it with `remove_unused_columns=False`.
+
+    Example:
+
+    ```python
+    >>> data = load_image_classification_data(DataArguments(dataset="digits"))
+    >>> train = data.train.with_transform(TrainerTransform(processor, BatchAugmentation("translate", ...)))
+    >>> test = data.test.with_transform(TrainerTransform(processor))
+    ```
+    """
+
+    def __init__(self, image_processor, augmentation=None):
+        self.image_processor = image_processor
+        self.augment = augmentation
+
+    def __call__(self, batch: dict) -> dict:
+        images = [_as_image(image) for image in batch["image"]]
+        pixel_values = self.image_processor(images, return_tensors="pt")["pixel_values"]
+        if self.augment is not None:
+            pixel_values = self.augment(pixel_values)  # the worker's own generator
+        return {"pixel_values": pixel_values, "labels": torch.tensor(batch["label"], dtype=torch.long)}

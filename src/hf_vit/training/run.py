@@ -1,4 +1,18 @@
-"""The parts of a recipe run around the loop: build the model and processor, save the outputs, demo the result."""
+"""The parts of a recipe run around the loop: build the model and processor, write the run folder, demo the result.
+
+The run folder (`TrainArguments.output_dir`; documented in docs/training.md, read by Hub publishing):
+
+    <output_dir>/
+      config.json, model.safetensors, *.py        the trained model (loads with from_pretrained / remote code)
+      preprocessor_config.json                    its image processor
+      ema/                                        the EMA (Polyak) weights as their own model folder, when enabled
+      run_args.json                               every resolved argument of the run
+      eval_results.json                           final metrics (test, validation, few-shot, EMA), timings
+      checkpoints/step-XXXXXXXX/                  resumable training state (the last k), written by the loop
+      logs/                                       tracker output (TensorBoard event files)
+
+`save_run` is the only function that writes the model files, `ema/`, `run_args.json` and `eval_results.json`.
+"""
 
 import json
 import os
@@ -8,19 +22,31 @@ from ..image_processing_hf_vit import ViTImageProcessor
 from ..modeling_hf_vit import ViTForImageClassification
 
 
+EMA_SUBFOLDER = "ema"
+RUN_ARGS_NAME = "run_args.json"
+EVAL_RESULTS_NAME = "eval_results.json"
+LOGS_SUBFOLDER = "logs"
+
+
 def build_model(model_args, label_names) -> ViTForImageClassification:
-    """A fresh model from a variant (+ overrides), or a checkpoint with a new zero-initialised head for these labels."""
+    """
+    A fresh model from a variant (+ overrides), or a checkpoint (hf_vit, transformers' ViT or converted) with a new
+    zero-initialised head for these labels, its pre-logits layer dropped on request, and its position embeddings
+    resampled when `image_size` differs (the paper's fine-tuning at higher resolution, section 3.2).
+    """
     id2label = dict(enumerate(label_names))
     label2id = {name: i for i, name in id2label.items()}
     overrides = model_args.config_overrides()
     extra = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
     if model_args.model_name_or_path:
         image_size = overrides.pop("image_size", None)
+        if model_args.drop_pre_logits:
+            overrides["representation_size"] = None
         model = ViTForImageClassification.from_pretrained(
             model_args.model_name_or_path, num_labels=len(label_names), id2label=id2label, label2id=label2id,
-            ignore_mismatched_sizes=True, **overrides, **extra,
+            ignore_mismatched_sizes=True, head_zero_init=True, **overrides, **extra,
         )
-        if image_size is not None and image_size != model.config.image_size:
+        if image_size is not None and tuple(model.config.image_hw) != (image_size, image_size):
             model.resize_position_embeddings(image_size)
         return model
     if not model_args.variant:
@@ -38,7 +64,7 @@ def build_processor(model_args, model) -> ViTImageProcessor:
     if model_args.model_name_or_path:
         try:
             processor = ViTImageProcessor.from_pretrained(model_args.model_name_or_path)
-        except OSError:
+        except (OSError, ValueError):
             processor = None
     if processor is None:
         processor = ViTImageProcessor()
@@ -46,15 +72,22 @@ def build_processor(model_args, model) -> ViTImageProcessor:
     return processor
 
 
-def save_run(output_dir, model, processor, results: dict, *args_objects) -> None:
-    """Model (safetensors + remote code), processor, resolved arguments and results: everything to reload and repeat."""
+def save_run(output_dir, model, processor, results: dict, *args_objects, ema_model=None) -> None:
+    """
+    Write the run folder's model files, processor, `ema/` (when an EMA model is given), `run_args.json` and
+    `eval_results.json`: everything to reload, publish and repeat the run (layout in the module docstring).
+    """
     from .arguments import save_resolved_args
 
     os.makedirs(output_dir, exist_ok=True)
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
-    save_resolved_args(os.path.join(output_dir, "run_args.json"), *args_objects)
-    with open(os.path.join(output_dir, "eval_results.json"), "w") as f:
+    if ema_model is not None:
+        ema_dir = os.path.join(output_dir, EMA_SUBFOLDER)
+        ema_model.save_pretrained(ema_dir)
+        processor.save_pretrained(ema_dir)
+    save_resolved_args(os.path.join(output_dir, RUN_ARGS_NAME), *args_objects)
+    with open(os.path.join(output_dir, EVAL_RESULTS_NAME), "w") as f:
         json.dump(results, f, indent=2, sort_keys=True)
 
 

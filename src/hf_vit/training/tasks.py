@@ -1,4 +1,8 @@
-"""Task objects for the shared loop: what one step computes and how a split is evaluated."""
+"""Task objects for the shared loop: what one step computes, which collators feed it, how a split is evaluated.
+
+The loop (`hf_vit.training.loop.train`) knows nothing about labels or heads: a task brings its model, its collators
+(a task may batch differently: masked patch prediction draws its corruption plan there) and its evaluation.
+"""
 
 import torch
 import torch.nn.functional as F
@@ -6,30 +10,101 @@ import torch.nn.functional as F
 from ..evaluation.metrics import classification_metrics
 
 
-class ClassificationTask:
-    """Supervised image classification: cross-entropy (optionally label-smoothed) on `logits`."""
+class Task:
+    """
+    The interface the loop drives. Subclasses set `model` and implement `step`, `evaluate` and the two collators.
+
+    - `train_collator()` / `eval_collator()`: list of dataset rows -> batch dict (run in DataLoader workers).
+    - `step(batch) -> (loss, metrics)`: the training loss (a scalar tensor to back-propagate) and a dict of scalar
+      metrics for the progress bar and the logs.
+    - `evaluate(loader, accelerator, model=None) -> dict`: metrics over a loader, with `model` (default: the task's;
+      the loop passes the EMA copy to evaluate the average).
+    """
+
+    name = "task"
+    model = None
+
+    def train_collator(self):
+        raise NotImplementedError
+
+    def eval_collator(self):
+        raise NotImplementedError
+
+    def step(self, batch) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def evaluate(self, loader, accelerator, model=None) -> dict:
+        raise NotImplementedError
+
+
+class ClassificationTask(Task):
+    """
+    Supervised image classification: cross-entropy (optionally label-smoothed) on `logits`; soft targets (B, K) from
+    mixup / cutmix are taken as they are. Evaluation: top-1 / top-5 accuracy through `evaluate`, plus the loss.
+
+    Args:
+        model: a `ViTForImageClassification` (or any model whose output has `logits`).
+        image_processor: turns the rows' images into `pixel_values` (the model's `ViTImageProcessor`).
+        augmentation: a `BatchAugmentation` for training batches, or None.
+        label_smoothing, mixup_alpha, cutmix_alpha: the regularisers of the DeiT-style recipes (0 = off).
+    """
 
     name = "image-classification"
 
-    def __init__(self, model, label_smoothing: float = 0.0):
+    def __init__(self, model, image_processor=None, augmentation=None, label_smoothing: float = 0.0,
+                 mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0):
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing}.")
         self.model = model
+        self.image_processor = image_processor
+        self.augmentation = augmentation
         self.label_smoothing = label_smoothing
+        self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
+
+    @property
+    def num_labels(self) -> int:
+        return getattr(self.model, "module", self.model).config.num_labels
+
+    def train_collator(self):
+        from .data import ImageClassificationCollator
+
+        return ImageClassificationCollator(
+            self.image_processor, self.augmentation, self.num_labels, self.mixup_alpha, self.cutmix_alpha
+        )
+
+    def eval_collator(self):
+        from .data import ImageClassificationCollator
+
+        return ImageClassificationCollator(self.image_processor)
 
     def step(self, batch) -> tuple[torch.Tensor, dict]:
-        logits = self.model(pixel_values=batch["pixel_values"]).logits
-        loss = F.cross_entropy(logits, batch["labels"], label_smoothing=self.label_smoothing)
-        accuracy = (logits.detach().argmax(-1) == batch["labels"]).float().mean()
+        logits = self.model(pixel_values=batch["pixel_values"]).logits  # (B, K)
+        labels = batch["labels"]  # (B,) class indices, or (B, K) soft targets
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        hard = labels.argmax(-1) if labels.ndim == 2 else labels
+        accuracy = (logits.detach().argmax(-1) == hard).float().mean()
         return loss, {"accuracy": accuracy}
 
     @torch.no_grad()
-    def evaluate(self, loader, accelerator) -> dict:
-        was_training = self.model.training
-        self.model.eval()
+    def predict(self, loader, accelerator, model=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """All logits (N, K) and labels (N,) of a loader, gathered over processes (padding dropped)."""
+        model = model if model is not None else self.model
+        was_training = model.training
+        model.eval()
         all_logits, all_labels = [], []
         for batch in loader:
-            logits = self.model(pixel_values=batch["pixel_values"]).logits
-            logits, labels = accelerator.gather_for_metrics((logits, batch["labels"]))
+            batch = _to_device(batch, accelerator.device)
+            logits = model(pixel_values=batch["pixel_values"]).logits
+            logits, labels = accelerator.gather_for_metrics((logits.contiguous(), batch["labels"]))
             all_logits.append(logits.float().cpu())
             all_labels.append(labels.cpu())
-        self.model.train(was_training)
-        return classification_metrics(torch.cat(all_logits), torch.cat(all_labels))
+        model.train(was_training)
+        return torch.cat(all_logits), torch.cat(all_labels)
+
+    def evaluate(self, loader, accelerator, model=None) -> dict:
+        logits, labels = self.predict(loader, accelerator, model)
+        return classification_metrics(logits, labels)
+
+
+def _to_device(batch, device):
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

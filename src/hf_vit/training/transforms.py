@@ -1,64 +1,265 @@
-"""Batch augmentations on preprocessed tensors (B, C, H, W), chosen per data set (ViT paper, section 4.1)."""
+"""Batch augmentations on preprocessed tensors (B, C, H, W), chosen per data set (ViT paper, section 4.1).
 
+The paper pre-trains with an inception-style random resized crop and a horizontal flip. Those destroy labels on
+some data (a mirrored digit is another symbol; a crop of 8% of an 8x8 scan is noise), so "auto" picks per data set.
+Options beyond the paper (RandAugment-style operations, mixup / cutmix) come from the later "How to train your ViT"
+and DeiT recipes and are off unless asked for. Everything runs on tensors, in the DataLoader's worker processes, and
+draws its randomness from the `torch.Generator` it is given (one per batch, see `data.SeededBatchSampler`), so a
+resumed run sees the same augmented batches as an uninterrupted one.
+"""
+
+import math
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 
-AUGMENTATIONS = ("none", "translate", "inception_crop_flip")
-# "auto" picks per data set: digits must not be flipped (a mirrored 2 is not a 2), natural images get the paper's
-# inception-style crop and horizontal flip.
-AUTO_AUGMENTATION = {"digits": "translate"}
+AUGMENTATIONS = ("none", "translate", "crop", "crop_flip", "inception_crop_flip")
+# "auto" picks per data-set kind: digit-like data is neither flipped nor heavily cropped.
+AUTO_AUGMENTATION = {"digits": "translate", "idx": "crop"}
+RANDAUGMENT_OPS = (
+    "identity", "rotate", "shear_x", "shear_y", "translate_x", "translate_y",
+    "brightness", "contrast", "sharpness", "solarize", "posterize", "autocontrast",
+)
 
 
-def resolve_augmentation(name: str, dataset: str) -> str:
+def resolve_augmentation(name: str, source_kind: str) -> str:
+    """'auto' -> the augmentation for this kind of data set ('digits', 'idx', 'imagefolder', 'hub'); else checked."""
     if name == "auto":
-        return AUTO_AUGMENTATION.get(dataset, "inception_crop_flip")
+        return AUTO_AUGMENTATION.get(source_kind, "inception_crop_flip")
     if name not in AUGMENTATIONS:
         raise ValueError(f"`augmentation` must be 'auto' or one of {list(AUGMENTATIONS)}, got {name!r}.")
     return name
 
 
-def random_translate(pixel_values: torch.Tensor, max_shift: float = 0.125, generator=None) -> torch.Tensor:
-    """Shift each image by up to `max_shift` of its size in x and y, filling with the border (B, C, H, W)."""
-    batch, _, height, width = pixel_values.shape
+# ---------------------------------------------------------------------------------------------------------------------
+# Crops, shifts and flips
+
+
+def random_translate(
+    pixel_values: torch.Tensor, max_shift: float = 0.125, generator=None, fill: float | None = None
+) -> torch.Tensor:
+    """
+    Shift each image by up to `max_shift` of its size in x and y (B, C, H, W). The uncovered border repeats the edge
+    pixels (`fill=None`) or takes the value `fill` (pad-and-crop, as in the usual CIFAR / Fashion-MNIST recipe).
+    """
+    batch, channels, height, width = pixel_values.shape
     pad_h, pad_w = max(1, round(height * max_shift)), max(1, round(width * max_shift))
-    padded = F.pad(pixel_values, (pad_w, pad_w, pad_h, pad_h), mode="replicate")
+    if fill is None:
+        padded = F.pad(pixel_values, (pad_w, pad_w, pad_h, pad_h), mode="replicate")
+    else:
+        padded = F.pad(pixel_values, (pad_w, pad_w, pad_h, pad_h), mode="constant", value=fill)
     top = torch.randint(0, 2 * pad_h + 1, (batch,), generator=generator)
     left = torch.randint(0, 2 * pad_w + 1, (batch,), generator=generator)
     rows = (top[:, None] + torch.arange(height))[:, None, :, None]  # (B, 1, H, 1)
     cols = (left[:, None] + torch.arange(width))[:, None, None, :]  # (B, 1, 1, W)
     batch_index = torch.arange(batch)[:, None, None, None]
-    channel_index = torch.arange(pixel_values.shape[1])[None, :, None, None]
+    channel_index = torch.arange(channels)[None, :, None, None]
     return padded[batch_index, channel_index, rows, cols]
+
+
+def random_flip(pixel_values: torch.Tensor, generator=None) -> torch.Tensor:
+    """Mirror each image left-right with probability 0.5. (B, C, H, W) -> (B, C, H, W)."""
+    flips = torch.rand(pixel_values.shape[0], generator=generator) < 0.5
+    return torch.where(flips[:, None, None, None], pixel_values.flip(-1), pixel_values)
 
 
 def random_resized_crop_flip(
     pixel_values: torch.Tensor, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), generator=None
 ) -> torch.Tensor:
-    """Inception-style crop (random area and aspect ratio, resized back) and a horizontal flip with p=0.5."""
+    """The paper's inception-style crop (random area and aspect ratio, resized back) and a horizontal flip."""
     batch, _, height, width = pixel_values.shape
     area = torch.empty(batch).uniform_(*scale, generator=generator) * height * width
-    log_ratio = torch.empty(batch).uniform_(*torch.tensor(ratio).log().tolist(), generator=generator)
+    log_ratio = torch.empty(batch).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
     aspect = log_ratio.exp()
-    crop_w = (area * aspect).sqrt().round().clamp(1, width).long()
-    crop_h = (area / aspect).sqrt().round().clamp(1, height).long()
-    out = torch.empty_like(pixel_values)
-    flips = torch.rand(batch, generator=generator) < 0.5
-    for i in range(batch):
-        top = int(torch.randint(0, height - crop_h[i] + 1, (1,), generator=generator))
-        left = int(torch.randint(0, width - crop_w[i] + 1, (1,), generator=generator))
-        crop = pixel_values[i : i + 1, :, top : top + crop_h[i], left : left + crop_w[i]]
-        crop = F.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
-        out[i] = crop[0].flip(-1) if flips[i] else crop[0]
-    return out
+    crop_w = (area * aspect).sqrt().clamp(1, width)  # (B,) in pixels
+    crop_h = (area / aspect).sqrt().clamp(1, height)
+    # Crop centres uniform over the positions where the crop fits; as an affine sampling grid (one resample, batched).
+    cx = (torch.rand(batch, generator=generator) * (width - crop_w) + crop_w / 2) / width * 2 - 1
+    cy = (torch.rand(batch, generator=generator) * (height - crop_h) + crop_h / 2) / height * 2 - 1
+    flips = torch.where(torch.rand(batch, generator=generator) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(batch, 2, 3)
+    theta[:, 0, 0] = crop_w / width * flips
+    theta[:, 0, 2] = cx
+    theta[:, 1, 1] = crop_h / height
+    theta[:, 1, 2] = cy
+    grid = F.affine_grid(theta, list(pixel_values.shape), align_corners=False)
+    return F.grid_sample(pixel_values, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def augmentation_for(name: str):
-    """The batch function for a resolved augmentation name (None for 'none')."""
-    if name == "none":
-        return None
-    if name == "translate":
-        return random_translate
-    if name == "inception_crop_flip":
-        return random_resized_crop_flip
-    raise ValueError(f"`augmentation` must be one of {list(AUGMENTATIONS)}, got {name!r}.")
+# ---------------------------------------------------------------------------------------------------------------------
+# RandAugment-style operations (Cubuk et al. 2020), on tensors
+
+
+def _affine(pixel_values, theta, fill):
+    grid = F.affine_grid(theta, list(pixel_values.shape), align_corners=False)
+    out = F.grid_sample(pixel_values - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out + fill
+
+
+def _randaugment_op(name: str, x: torch.Tensor, level: torch.Tensor, fill: float) -> torch.Tensor:
+    """Apply one operation to images x in [0, 1] (n, C, H, W) with signed levels in [-1, 1] (n,)."""
+    n = x.shape[0]
+    if name == "identity":
+        return x
+    if name in ("rotate", "shear_x", "shear_y", "translate_x", "translate_y"):
+        theta = torch.zeros(n, 2, 3)
+        theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+        if name == "rotate":
+            angle = level * math.radians(30.0)
+            theta[:, 0, 0], theta[:, 0, 1] = angle.cos(), -angle.sin()
+            theta[:, 1, 0], theta[:, 1, 1] = angle.sin(), angle.cos()
+        elif name == "shear_x":
+            theta[:, 0, 1] = level * 0.3
+        elif name == "shear_y":
+            theta[:, 1, 0] = level * 0.3
+        elif name == "translate_x":
+            theta[:, 0, 2] = level * 0.6  # up to 30% of the width (the grid spans 2 units)
+        else:
+            theta[:, 1, 2] = level * 0.6
+        return _affine(x, theta, fill)
+    factor = (1.0 + level * 0.9)[:, None, None, None]
+    if name == "brightness":
+        return (x * factor).clamp(0, 1)
+    if name == "contrast":
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        return (mean + (x - mean) * factor).clamp(0, 1)
+    if name == "sharpness":
+        kernel = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
+        kernel = kernel.expand(x.shape[1], 1, 3, 3)
+        blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=x.shape[1])
+        return (blurred + (x - blurred) * factor).clamp(0, 1)
+    if name == "solarize":
+        threshold = (1.0 - level.abs())[:, None, None, None]
+        return torch.where(x >= threshold, 1.0 - x, x)
+    if name == "posterize":
+        bits = (8 - (level.abs() * 4).round()).clamp(4, 8)[:, None, None, None]
+        steps = 2.0**bits
+        return (x * 255.0 / (256.0 / steps)).floor() * (256.0 / steps) / 255.0
+    if name == "autocontrast":
+        low = x.amin(dim=(2, 3), keepdim=True)
+        high = x.amax(dim=(2, 3), keepdim=True)
+        scale = torch.where(high > low, 1.0 / (high - low).clamp_min(1e-6), torch.ones_like(high))
+        return torch.where(high > low, (x - low) * scale, x)
+    raise ValueError(f"Unknown RandAugment operation {name!r}; allowed are {list(RANDAUGMENT_OPS)}.")
+
+
+def rand_augment(
+    pixel_values: torch.Tensor,
+    num_ops: int,
+    magnitude: float,
+    image_mean,
+    image_std,
+    generator=None,
+    ops=RANDAUGMENT_OPS,
+) -> torch.Tensor:
+    """
+    RandAugment-style: each image gets `num_ops` operations drawn uniformly from `ops`, each at `magnitude` (0..10)
+    with a random sign. Works in [0, 1] pixel space (undoing the processor's normalisation and redoing it).
+    """
+    if not 0 <= magnitude <= 10:
+        raise ValueError(f"`randaugment_magnitude` must be in [0, 10], got {magnitude}.")
+    mean = torch.tensor(image_mean, dtype=pixel_values.dtype)[None, :, None, None]
+    std = torch.tensor(image_std, dtype=pixel_values.dtype)[None, :, None, None]
+    x = (pixel_values * std + mean).clamp(0, 1)
+    batch = x.shape[0]
+    for _ in range(num_ops):
+        choice = torch.randint(0, len(ops), (batch,), generator=generator)
+        sign = torch.where(torch.rand(batch, generator=generator) < 0.5, -1.0, 1.0)
+        level = sign * magnitude / 10.0
+        out = x.clone()
+        for index, name in enumerate(ops):
+            selected = (choice == index).nonzero().flatten()
+            if selected.numel():
+                out[selected] = _randaugment_op(name, x[selected], level[selected], fill=0.0)
+        x = out
+    return (x - mean) / std
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Mixup / cutmix (batch level: they mix pairs of examples and their labels)
+
+
+def mixup_cutmix(
+    pixel_values: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    mixup_alpha: float = 0.0,
+    cutmix_alpha: float = 0.0,
+    generator=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    Mix each image with another of the batch (the batch reversed): mixup blends the pixels with a Beta(alpha, alpha)
+    weight, cutmix pastes a box of that area. With both enabled, one of the two is picked per batch with
+    probability 0.5. Labels become soft targets (B, K) mixed with the same weight.
+    """
+    targets = F.one_hot(labels, num_classes).float()
+    use_mixup, use_cutmix = mixup_alpha > 0, cutmix_alpha > 0
+    if not (use_mixup or use_cutmix):
+        return pixel_values, targets
+    if use_mixup and use_cutmix:
+        use_cutmix = bool(torch.rand((), generator=generator) < 0.5)
+        use_mixup = not use_cutmix
+    alpha = cutmix_alpha if use_cutmix else mixup_alpha
+    lam = _beta_sample(alpha, generator)
+    partner = pixel_values.flip(0)
+    if use_mixup:
+        mixed = pixel_values * lam + partner * (1.0 - lam)
+    else:
+        _, _, height, width = pixel_values.shape
+        cut = math.sqrt(1.0 - lam)
+        cut_h, cut_w = int(height * cut), int(width * cut)
+        cy = int(torch.randint(0, height, (1,), generator=generator))
+        cx = int(torch.randint(0, width, (1,), generator=generator))
+        top, bottom = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, height)
+        left, right = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, width)
+        mixed = pixel_values.clone()
+        mixed[:, :, top:bottom, left:right] = partner[:, :, top:bottom, left:right]
+        lam = 1.0 - (bottom - top) * (right - left) / (height * width)  # the area actually pasted
+    return mixed, targets * lam + targets.flip(0) * (1.0 - lam)
+
+
+def _beta_sample(alpha: float, generator) -> float:
+    """One Beta(alpha, alpha) draw, reproducible from `generator` (torch's Beta sampler takes no generator)."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return float(np.random.default_rng(seed).beta(alpha, alpha))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class BatchAugmentation:
+    """
+    The training-time augmentation of one recipe, as one picklable callable for the DataLoader workers:
+    `(pixel_values (B, C, H, W), generator) -> pixel_values`. Built from the resolved augmentation name, the
+    RandAugment-style options and the processor's normalisation (to know where black is).
+    """
+
+    def __init__(self, name: str, image_mean, image_std, randaugment_num_ops: int = 0, randaugment_magnitude: float = 9):
+        if name not in AUGMENTATIONS:
+            raise ValueError(f"`augmentation` must be one of {list(AUGMENTATIONS)}, got {name!r}.")
+        if randaugment_num_ops < 0:
+            raise ValueError(f"`randaugment_num_ops` must be >= 0 (0 = off), got {randaugment_num_ops}.")
+        if not 0 <= randaugment_magnitude <= 10:
+            raise ValueError(f"`randaugment_magnitude` must be in [0, 10], got {randaugment_magnitude}.")
+        self.name = name
+        self.image_mean, self.image_std = list(image_mean), list(image_std)
+        self.randaugment_num_ops, self.randaugment_magnitude = randaugment_num_ops, randaugment_magnitude
+        # The value black (pixel 0) has after the processor's normalisation: what pad-and-crop fills with.
+        self.black = -float(self.image_mean[0]) / float(self.image_std[0])
+
+    def __call__(self, pixel_values: torch.Tensor, generator=None) -> torch.Tensor:
+        if self.randaugment_num_ops:
+            pixel_values = rand_augment(
+                pixel_values, self.randaugment_num_ops, self.randaugment_magnitude, self.image_mean, self.image_std,
+                generator=generator,
+            )
+        if self.name == "translate":
+            return random_translate(pixel_values, generator=generator)
+        if self.name in ("crop", "crop_flip"):
+            pixel_values = random_translate(pixel_values, generator=generator, fill=self.black)
+            return random_flip(pixel_values, generator=generator) if self.name == "crop_flip" else pixel_values
+        if self.name == "inception_crop_flip":
+            return random_resized_crop_flip(pixel_values, generator=generator)
+        return pixel_values

@@ -1,0 +1,109 @@
+"""`hf-vit evaluate MODEL --dataset ...`: accuracy (top-1/top-5, confusion matrix) and few-shot linear accuracy of a
+saved model on any data source the recipes take (ViT paper, section 4.1)."""
+
+import json
+import sys
+
+
+def add_subcommand(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="Accuracy and few-shot linear accuracy of a model folder on a data set.",
+        description=(
+            "Evaluate a model folder (hf_vit or transformers ViT) on a data set: 'digits', a folder of IDX files, an "
+            "image folder or a Hub dataset id. Reports top-1/top-5 accuracy and the confusion matrix on the test "
+            "split, and with --fewshot the paper's few-shot linear accuracy (frozen representation, closed-form "
+            "ridge regression to {-1,1}^K, shots drawn from the training split)."
+        ),
+    )
+    parser.add_argument("model", help="Model folder (or Hub id) with config.json and weights")
+    parser.add_argument("--dataset", required=True, help="'digits', an IDX or image folder, or a Hub dataset id")
+    parser.add_argument("--dataset-config", default=None, help="Hub dataset configuration name")
+    parser.add_argument("--split", default="auto", help="Split to evaluate on (default: test, else validation, else a held-out part of train)")
+    parser.add_argument("--test-fraction", type=float, default=0.2, help="Held-out share when the data set has no test split")
+    parser.add_argument("--split-seed", type=int, default=0, help="Seed of that held-out split (0 = the recipes')")
+    parser.add_argument("--label-names", nargs="+", default=None, help="Class names in label order (IDX files carry none)")
+    parser.add_argument("--max-examples", type=int, default=0, help="Evaluate on the first N examples only (0 = all)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--fewshot", action="store_true", help="Also run few-shot linear evaluation")
+    parser.add_argument("--fewshot-only", action="store_true", help="Only few-shot (models without a matching head)")
+    parser.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10, 25], help="Shots per class")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the few-shot draws")
+    parser.add_argument("--on-bad-image", choices=["skip", "fail"], default="skip")
+    parser.add_argument("--json", action="store_true", help="Print one JSON object instead of text")
+    parser.set_defaults(run=_run)
+
+
+def _run(args) -> int:
+    import torch
+    from torch.utils.data import DataLoader
+
+    import hf_vit  # noqa: F401  (registers the Auto classes)
+    from hf_vit import ViTForImageClassification, ViTImageProcessor
+    from hf_vit.training.arguments import DataArguments
+    from hf_vit.training.data import ImageClassificationCollator, load_image_classification_data
+
+    from .fewshot import FewShotEvaluator
+    from .metrics import classification_metrics
+
+    data_args = DataArguments(
+        dataset=args.dataset, dataset_config=args.dataset_config, test_split=args.split,
+        test_fraction=args.test_fraction, validation_fraction=0.0, split_seed=args.split_seed,
+        label_names=args.label_names, max_eval_examples=args.max_examples, on_bad_image=args.on_bad_image,
+        num_workers=args.num_workers,
+    )
+    try:
+        data = load_image_classification_data(data_args)
+        model = ViTForImageClassification.from_pretrained(args.model).eval()
+    except (OSError, ValueError) as error:
+        print(f"hf-vit evaluate: {error}", file=sys.stderr)
+        return 2
+    if data.test is None:
+        print("hf-vit evaluate: the data set has no split to evaluate on (--split).", file=sys.stderr)
+        return 2
+    try:
+        processor = ViTImageProcessor.from_pretrained(args.model)
+    except (OSError, ValueError):
+        processor = ViTImageProcessor()
+    height, width = model.config.image_hw
+    processor.size = {"height": height, "width": width}
+    collate = ImageClassificationCollator(processor)
+    report = {"model": args.model, "dataset": data.name, "num_examples": len(data.test), "label_names": data.label_names}
+
+    if not args.fewshot_only:
+        if model.config.num_labels != data.num_labels:
+            print(
+                f"hf-vit evaluate: the model has {model.config.num_labels} output classes but {args.dataset} has "
+                f"{data.num_labels}; accuracy needs a head for these classes (use --fewshot-only for few-shot).",
+                file=sys.stderr,
+            )
+            return 2
+        logits, labels = [], []
+        with torch.no_grad():
+            for batch in DataLoader(data.test, batch_size=args.batch_size, collate_fn=collate, num_workers=args.num_workers):
+                logits.append(model(pixel_values=batch["pixel_values"]).logits.float())
+                labels.append(batch["labels"])
+        report["test"] = classification_metrics(torch.cat(logits), torch.cat(labels), with_confusion_matrix=True)
+    if args.fewshot or args.fewshot_only:
+        evaluator = FewShotEvaluator(data.train, data.test, collate, shots=args.shots, seed=args.seed,
+                                     batch_size=args.batch_size)
+        report["fewshot"] = evaluator(model)
+
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"{args.model} on {data.name} ({len(data.test)} examples)")
+    if "test" in report:
+        test = report["test"]
+        print(f"top-1 accuracy {test['accuracy']:.4f}   top-5 accuracy {test['top5_accuracy']:.4f}   loss {test['loss']:.4f}")
+        names = [name[:10] for name in data.label_names]
+        width = max(6, *(len(n) for n in names))
+        print("confusion matrix (rows: true class, columns: predicted class)")
+        print(" " * width + " " + " ".join(f"{i:>6d}" for i in range(len(names))))
+        for i, row in enumerate(test["confusion_matrix"]):
+            print(f"{names[i]:>{width}s} " + " ".join(f"{v:>6d}" for v in row))
+    for key, value in report.get("fewshot", {}).items():
+        if key.endswith("accuracy"):
+            print(f"{key.split('/')[-1].replace('_accuracy', '')} linear accuracy {value:.4f}")
+    return 0

@@ -1,0 +1,102 @@
+"""One supervised image-classification run, shared by `recipes/pretrain.py` and `recipes/finetune.py`
+(ViT paper, section 4.1 and appendix B.1: pre-training and fine-tuning are the same loop with other arguments).
+
+data -> model and processor -> task (+ few-shot evaluator) -> the shared loop -> held-out test metrics (and the EMA
+model's) -> the run folder -> a few held-out images classified through `pipeline()`.
+"""
+
+import time
+
+from accelerate.utils import set_seed
+
+from .arguments import resolved_args_dict
+from .data import load_image_classification_data
+from .loader import build_eval_loader
+from .loop import make_accelerator, train
+from .run import build_model, build_processor, classify_with_pipeline, save_run
+from .tasks import ClassificationTask
+from .transforms import BatchAugmentation, resolve_augmentation
+
+
+def run_image_classification(model_args, data_args, train_args) -> dict:
+    """Train, evaluate and save one run; returns the held-out test metrics (also written to eval_results.json)."""
+    started = time.perf_counter()
+    accelerator = make_accelerator(train_args)
+    set_seed(train_args.seed)  # the model's initialisation depends on it
+    data = load_image_classification_data(data_args)
+    model = build_model(model_args, data.label_names)
+    processor = build_processor(model_args, model)
+    augmentation_name = resolve_augmentation(data_args.augmentation, data.kind)
+    augmentation = None
+    if augmentation_name != "none" or data_args.randaugment_num_ops:
+        augmentation = BatchAugmentation(
+            augmentation_name, processor.image_mean, processor.image_std,
+            data_args.randaugment_num_ops, data_args.randaugment_magnitude,
+        )
+    sizes = "streaming" if data.streaming else (
+        f"{len(data.train)} train / {len(data.validation) if data.validation is not None else 0} validation / "
+        f"{len(data.test) if data.test is not None else 0} test"
+    )
+    accelerator.print(
+        f"data: {data.name} ({sizes}), augmentation: {augmentation_name}"
+        f"{f' + RandAugment({data_args.randaugment_num_ops}, {data_args.randaugment_magnitude})' if data_args.randaugment_num_ops else ''}; "
+        f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters at {model.config.image_size}px, "
+        f"patch {model.config.patch_size}; {accelerator.num_processes} process(es)"
+    )
+
+    task = ClassificationTask(
+        model, processor, augmentation, label_smoothing=train_args.label_smoothing,
+        mixup_alpha=data_args.mixup_alpha, cutmix_alpha=data_args.cutmix_alpha,
+    )
+    evaluators = []
+    if train_args.fewshot_every_steps >= 0 and not data.streaming:
+        from ..evaluation.fewshot import FewShotEvaluator
+
+        fewshot_test = data.validation if data.validation is not None else data.test
+        evaluators.append(FewShotEvaluator(data.train, fewshot_test, task.eval_collator(),
+                                           shots=train_args.fewshot_shots, seed=train_args.seed))
+    run_args = resolved_args_dict(model_args, data_args, train_args)
+    result = train(
+        task, data.train, train_args, eval_dataset=data.validation, accelerator=accelerator, evaluators=evaluators,
+        num_workers=data_args.num_workers, shuffle_buffer_size=data_args.shuffle_buffer_size, run_args=run_args,
+    )
+
+    results = {
+        "dataset": data.name, "global_step": result.global_step, "train_seconds": result.train_seconds,
+        "images_per_second": result.images_per_second, "validation": result.last_eval,
+        "num_parameters": sum(p.numel() for p in accelerator.unwrap_model(task.model).parameters()),
+        "skipped_images": len(data.skipped_images),
+    }
+    test_metrics = {}
+    if data.test is not None:
+        test_loader = accelerator.prepare(build_eval_loader(data.test, task.eval_collator(), train_args.eval_batch_size))
+        logits, labels = task.predict(test_loader, accelerator)
+        from ..evaluation.metrics import classification_metrics
+
+        test_metrics = classification_metrics(logits, labels, with_confusion_matrix=True)
+        results["test"] = test_metrics
+        if result.ema is not None:
+            results["ema_test"] = classification_metrics(*task.predict(test_loader, accelerator, result.ema.model))
+        accelerator.print(
+            f"held-out test accuracy: {test_metrics['accuracy']:.4f} on {test_metrics['num_examples']} images "
+            f"(top-5 {test_metrics['top5_accuracy']:.4f})"
+            + (f"; EMA {results['ema_test']['accuracy']:.4f}" if "ema_test" in results else "")
+            + f"; trained {result.global_step} steps in {result.train_seconds:.0f}s "
+            f"({result.images_per_second:.0f} images/s)"
+        )
+    results["total_seconds"] = time.perf_counter() - started
+
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(task.model)
+        save_run(train_args.output_dir, model, processor, results, model_args, data_args, train_args,
+                 ema_model=result.ema.model if result.ema is not None else None)
+        print(f"saved model and processor to {train_args.output_dir}")
+        if train_args.predict_examples > 0 and data.test is not None and not data.streaming:
+            examples = data.test.select(range(min(train_args.predict_examples, len(data.test))))
+            predictions = classify_with_pipeline(train_args.output_dir, examples["image"])
+            for i, (prediction, label) in enumerate(zip(predictions, examples["label"])):
+                print(f"pipeline: held-out image {i}: predicted {prediction[0]['label']!r} "
+                      f"(score {prediction[0]['score']:.3f}), true {data.label_names[label]!r}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return test_metrics
