@@ -1,0 +1,266 @@
+"""timm's `VisionTransformer` state dicts <-> hf_vit: the key map (both directions) and timm's folder config.
+
+timm keys (D = width, P = patch size):
+
+    cls_token (1, 1, D)                     pos_embed (1, [1 +] N, D)    (no class-token row with `no_embed_class`)
+    patch_embed.proj.{weight (D, C, P, P), bias}
+    blocks.{i}.norm1.{weight,bias}          blocks.{i}.attn.qkv.{weight (3D, D), bias (3D,)}   (q, k, v fused)
+    blocks.{i}.attn.proj.{weight,bias}      blocks.{i}.norm2.{weight,bias}
+    blocks.{i}.mlp.fc1.{weight,bias}        blocks.{i}.mlp.fc2.{weight,bias}
+    norm.{weight,bias}                      head.{weight,bias}
+
+timm's ViT uses the exact (erf) GELU and LayerNorm eps 1e-6. Its global average pooling either averages *after* the
+final norm (`fc_norm=False`: the reference's "gap", hf_vit's `pooling="gap"`) or averages first and normalises after
+(`fc_norm`): that second form has no hf_vit counterpart and is refused with an explanation. timm has no tanh
+pre-logits layer, so hf_vit models with `representation_size` do not export to timm.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+
+from .keymap import ConversionError, Rule, identity, position_embeddings_with_zero_prefix, rule
+
+
+FORMAT = "timm"
+# hf_vit `hidden_act` <-> timm `act_layer` names.
+ACTIVATIONS = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "quick_gelu": "quick_gelu", "relu": "relu", "silu": "silu"}
+# timm's `global_pool` <-> hf_vit `pooling`.
+POOLINGS = {"token": "cls", "avg": "gap"}
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+
+_LAYER_RENAMES = (
+    ("layernorm_before", "norm1"),
+    ("attention.qkv", "attn.qkv"),
+    ("attention.o_proj", "attn.proj"),
+    ("layernorm_after", "norm2"),
+    ("mlp.fc1", "mlp.fc1"),
+    ("mlp.fc2", "mlp.fc2"),
+)
+
+
+def _pair(target, source, to_hf_vit=identity):
+    return rule(target, source, to_hf_vit, from_hf_vit=lambda t: t)
+
+
+def key_map(config, pos_has_prefix_row: bool = True) -> list[Rule]:
+    """hf_vit <-> timm rules for `config` (plain ViT). `pos_has_prefix_row=False`: timm's `no_embed_class` table."""
+    rules = [
+        _pair("vit.embeddings.patch_embeddings.projection.weight", "patch_embed.proj.weight"),
+        _pair("vit.embeddings.patch_embeddings.projection.bias", "patch_embed.proj.bias"),
+    ]
+    if pos_has_prefix_row or config.num_prefix_tokens == 0:
+        rules.append(_pair("vit.embeddings.position_embeddings", "pos_embed"))
+    else:
+        rules.append(rule("vit.embeddings.position_embeddings", "pos_embed", position_embeddings_with_zero_prefix(config.num_prefix_tokens)))
+    if config.use_class_token:
+        rules.append(_pair("vit.embeddings.cls_token", "cls_token"))
+    params = ("weight", "bias")
+    for i in range(config.num_hidden_layers):
+        for ours, theirs in _LAYER_RENAMES:
+            for param in params:
+                if ours == "attention.qkv" and param == "bias" and not config.qkv_bias:
+                    continue
+                rules.append(_pair(f"vit.encoder.layers.{i}.{ours}.{param}", f"blocks.{i}.{theirs}.{param}"))
+    rules += [_pair("vit.layernorm.weight", "norm.weight"), _pair("vit.layernorm.bias", "norm.bias")]
+    if config.num_labels > 0:
+        rules += [_pair("classifier.weight", "head.weight"), _pair("classifier.bias", "head.bias")]
+    return rules
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# timm -> hf_vit
+
+
+def _heads_for_width(width):
+    from ..configuration_hf_vit import VIT_VARIANTS
+
+    return next((heads for _, hidden, _, heads in VIT_VARIANTS.values() if hidden == width), None)
+
+
+def infer(source, num_attention_heads: int | None = None) -> dict:
+    """hf_vit config fields and layout details of a timm ViT state dict. timm's weights do not record the number of
+    heads (q, k, v are fused): it comes from the folder's config.json (`model_args.num_heads`), the argument, or the
+    paper's variant of that width (Ti 3, S 6, B 12, L/H 16), in that order."""
+    meta = source.metadata or {}
+    model_args = dict(meta.get("model_args") or {})
+    pretrained_cfg = dict(meta.get("pretrained_cfg") or {})
+    if "patch_embed.proj.weight" not in source:
+        hint = " (a hybrid: this version converts plain ViTs only)" if any(k.startswith("patch_embed.backbone.") for k in source.keys()) else ""
+        raise ConversionError(
+            f"{source.path}: no patch_embed.proj.weight; this is not a timm VisionTransformer state dict{hint}. "
+            f"It holds e.g. {sorted(source.keys())[:5]}."
+        )
+    if "fc_norm.weight" in source:
+        raise ConversionError(
+            f"{source.path} uses timm's fc_norm (global average pooling *before* a final LayerNorm). hf_vit's 'gap' "
+            "normalises before averaging, as the reference code does; the two are different models."
+        )
+    weight = source.shape("patch_embed.proj.weight")  # (D, C, P, P)
+    width = weight[0]
+    depth = len({int(m[1]) for k in source.keys() if (m := _BLOCK.match(k))})
+    heads = model_args.get("num_heads") or num_attention_heads or _heads_for_width(width)
+    if heads is None:
+        raise ConversionError(
+            f"{source.path}: the number of attention heads cannot be read from a timm state dict of width {width} "
+            "(q, k and v are fused); pass num_attention_heads (CLI: --num-heads)."
+        )
+    use_class_token = "cls_token" in source
+    global_pool = model_args.get("global_pool", meta.get("global_pool"))
+    if global_pool is None:
+        pooling = "cls" if use_class_token else "gap"
+    elif global_pool in POOLINGS:
+        pooling = POOLINGS[global_pool]
+    else:
+        raise ConversionError(
+            f"{source.path}: timm global_pool={global_pool!r} has no hf_vit counterpart (supported: {sorted(POOLINGS)})."
+        )
+    act = model_args.get("act_layer", "gelu")
+    inverse = {v: k for k, v in ACTIVATIONS.items()}
+    if act not in inverse:
+        raise ConversionError(f"{source.path}: timm act_layer={act!r} is not supported (allowed: {sorted(inverse)}).")
+    fields = {
+        "patch_size": [weight[2], weight[3]] if weight[2] != weight[3] else weight[2],
+        "num_channels": weight[1],
+        "hidden_size": width,
+        "num_hidden_layers": depth,
+        "num_attention_heads": int(heads),
+        "intermediate_size": source.shape("blocks.0.mlp.fc1.weight")[0],
+        "hidden_act": inverse[act],
+        "layer_norm_eps": 1e-6,  # timm's LayerNorm
+        "qkv_bias": "blocks.0.attn.qkv.bias" in source,
+        "pooling": pooling,
+        "use_class_token": use_class_token,
+        "representation_size": None,
+        "num_labels": source.shape("head.weight")[0] if "head.weight" in source else 0,
+    }
+    label_names = pretrained_cfg.get("label_names")
+    if label_names and len(label_names) == fields["num_labels"]:
+        fields["id2label"] = {i: str(name) for i, name in enumerate(label_names)}
+    # The resolution the weights were made for: the folder's config, else a square grid.
+    rows, prefix = source.shape("pos_embed")[1], int(use_class_token)
+    image_size = model_args.get("img_size")
+    if image_size is None and pretrained_cfg.get("input_size"):
+        image_size = list(pretrained_cfg["input_size"][-2:])
+    if image_size is not None:
+        height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+        grid = (height // weight[2]) * (width // weight[3])
+    else:
+        grid = rows - prefix if prefix and math.isqrt(rows - prefix) ** 2 == rows - prefix else rows
+    has_prefix_row = prefix > 0 and rows == grid + prefix
+    if rows != grid + prefix * has_prefix_row:
+        raise ConversionError(
+            f"{source.path}: pos_embed has {rows} rows, which fits neither {grid} patches nor {grid} + {prefix} "
+            "(class token); check the image size in the folder's config.json."
+        )
+    return {
+        "fields": fields,
+        "patch_positions": grid,
+        "source_image_size": image_size,
+        "pos_has_prefix_row": has_prefix_row,
+        "image_mean": pretrained_cfg.get("mean"),
+        "image_std": pretrained_cfg.get("std"),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# hf_vit -> timm
+
+
+def timm_model_args(config) -> dict:
+    """`timm.create_model` keyword arguments that build timm's `VisionTransformer` matching `config` (raises
+    `ValueError` naming the field for what timm cannot express)."""
+    if getattr(config, "backbone_depths", None) is not None:
+        raise ValueError("`backbone_depths` is set: hybrid models do not export to timm in this version.")
+    if config.representation_size is not None:
+        raise ValueError(
+            f"`representation_size` is {config.representation_size}: timm's ViT has no tanh pre-logits layer. Drop it "
+            "first (a fine-tuning head) to export to timm."
+        )
+    if config.pooling not in ("cls", "gap"):
+        raise ValueError(f"`pooling` {config.pooling!r} does not export to timm (allowed: 'cls', 'gap').")
+    if config.position_embedding_type != "learned_1d":
+        raise ValueError(f"`position_embedding_type` {config.position_embedding_type!r} does not export to timm (allowed: 'learned_1d').")
+    if config.hidden_act not in ACTIVATIONS:
+        raise ValueError(f"`hidden_act` {config.hidden_act!r} has no timm act_layer (allowed: {sorted(ACTIVATIONS)}).")
+    if config.layer_norm_eps != 1e-6:
+        raise ValueError(
+            f"`layer_norm_eps` is {config.layer_norm_eps}; timm's ViT LayerNorm eps is 1e-6 and timm's config cannot "
+            "change it, so the exported model would not be the same model."
+        )
+    height, width = config.image_hw
+    patch = config.patch_hw
+    return {
+        "img_size": [height, width] if height != width else height,
+        "patch_size": list(patch) if patch[0] != patch[1] else patch[0],
+        "in_chans": config.num_channels,
+        "embed_dim": config.hidden_size,
+        "depth": config.num_hidden_layers,
+        "num_heads": config.num_attention_heads,
+        "mlp_ratio": config.intermediate_size / config.hidden_size,
+        "qkv_bias": config.qkv_bias,
+        "class_token": config.use_class_token,
+        "global_pool": {v: k for k, v in POOLINGS.items()}[config.pooling],
+        "fc_norm": False,
+        "act_layer": ACTIVATIONS[config.hidden_act],
+        "num_classes": config.num_labels,
+    }
+
+
+def state_dict_to_timm(state_dict: dict, config) -> dict:
+    """hf_vit `ViTForImageClassification` tensors -> timm `VisionTransformer` tensors (exact: renames only)."""
+    timm_model_args(config)  # refuse what timm cannot express
+    out = {}
+    for r in key_map(config):
+        if r.target not in state_dict:
+            raise ValueError(f"The hf_vit state dict has no {r.target!r} (needed for timm's {r.sources[0]!r}).")
+        out[r.sources[0]] = r.from_hf_vit(state_dict[r.target]).contiguous()
+    extra = sorted(set(state_dict) - {r.target for r in key_map(config)})
+    if extra:
+        raise ValueError(f"These hf_vit tensors have no place in timm's ViT: {extra[:8]}.")
+    return out
+
+
+def save_timm(model, save_directory, image_processor=None) -> None:
+    """Write `model` (an hf_vit `ViTForImageClassification`) as a timm folder: `model.safetensors` with timm's keys
+    and a timm `config.json`, loadable with `timm.create_model("local-dir:<folder>", pretrained=True)`."""
+    from safetensors.torch import save_file
+
+    config = model.config
+    model_args = timm_model_args(config)
+    tensors = state_dict_to_timm(model.state_dict(), config)
+    os.makedirs(save_directory, exist_ok=True)
+    save_file(tensors, os.path.join(save_directory, "model.safetensors"), metadata={"format": "pt"})
+    mean = list(getattr(image_processor, "image_mean", None) or [0.5, 0.5, 0.5])
+    std = list(getattr(image_processor, "image_std", None) or [0.5, 0.5, 0.5])
+    pretrained_cfg = {
+        "input_size": [config.num_channels, *config.image_hw],
+        "fixed_input_size": True,
+        "interpolation": "bilinear",
+        "crop_pct": 1.0,
+        "crop_mode": "center",
+        "mean": mean,
+        "std": std,
+        "num_classes": config.num_labels,
+        "first_conv": "patch_embed.proj",
+        "classifier": "head",
+    }
+    if config.num_labels > 0 and config.id2label:
+        pretrained_cfg["label_names"] = [config.id2label[i] for i in range(config.num_labels)]
+    timm_config = {
+        # NOTE: any registered plain-ViT entry point works; model_args below fix every architecture choice.
+        "architecture": "vit_base_patch16_224",
+        "num_classes": config.num_labels,
+        "num_features": config.hidden_size,
+        "global_pool": model_args["global_pool"],
+        "model_args": model_args,
+        "pretrained_cfg": pretrained_cfg,
+    }
+    with open(os.path.join(save_directory, "config.json"), "w") as f:
+        json.dump(timm_config, f, indent=2)
+
+
+__all__ = ["FORMAT", "infer", "key_map", "save_timm", "state_dict_to_timm", "timm_model_args"]
