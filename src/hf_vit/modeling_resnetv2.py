@@ -96,7 +96,7 @@ class ResNetStem(nn.Module):
         self.norm = _norm(config, width)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.norm(self.conv(pixel_values)))
+        x = F.relu(self.norm(self.conv(pixel_values)), inplace=True)  # in place: GN's backward does not need its output
         # SAME max-pool: padding never wins the max (the reference's padding='SAME' ignores it).
         x = pad_same(x, kernel=3, stride=2, value=float("-inf"))
         return F.max_pool2d(x, kernel_size=3, stride=2)
@@ -135,10 +135,10 @@ class ResNetBottleneckUnit(GradientCheckpointingLayer):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         residual = hidden_states if self.shortcut is None else self.shortcut(hidden_states)
-        y = F.relu(self.norm1(self.conv1(hidden_states)))
-        y = F.relu(self.norm2(self.conv2(y)))
+        y = F.relu(self.norm1(self.conv1(hidden_states)), inplace=True)  # (fresh tensors: safe in place)
+        y = F.relu(self.norm2(self.conv2(y)), inplace=True)
         y = self.norm3(self.conv3(y))
-        return F.relu(residual + y)
+        return F.relu(residual + y, inplace=True)
 
 
 class ResNetStage(nn.Module):
