@@ -175,7 +175,7 @@ def _stage_model(folder: Path, target: Path, prefix: str, fallback: Path | None 
     for name in _MODEL_FILES:
         if not (folder / name).is_file() and fallback is not None and (fallback / name).is_file():
             _link_or_copy(fallback / name, target / name, link_large)
-            staged.append(StagedFile(f"{prefix}{name}", (fallback / name).stat().st_size, f"{name} (from the main model)"))
+            staged.append(StagedFile(f"{prefix}{name}", (fallback / name).stat().st_size, "from the main model"))
     if not (folder / "preprocessor_config.json").is_file() and not (target / "preprocessor_config.json").is_file():
         raise ValueError(
             f"{folder.name}: no preprocessor_config.json, so pipeline() cannot use the model. Save the processor the "
@@ -191,7 +191,7 @@ def _stage_model(folder: Path, target: Path, prefix: str, fallback: Path | None 
         staged.append(StagedFile(f"{prefix}{name}", (folder / name).stat().st_size, f"{prefix}{name}"))
     for name in code:
         _link_or_copy(code_folder / name, target / name, link_large)
-        origin = name if fallback is None else f"{name} (the main model's code)"
+        origin = f"{prefix}{name}" if fallback is None else "the main model's code"
         staged.append(StagedFile(f"{prefix}{name}", (code_folder / name).stat().st_size, origin))
     return staged
 
@@ -224,13 +224,14 @@ def assemble_repository(run_dir, stage_dir, repo_id: str, *, card_data=None, tem
                 with open(entry / "eval_results.json") as f:
                     _write_json(stage / EMA_SUBFOLDER / "eval_results.json", strip_local_paths(json.load(f)))
                 files.append(StagedFile(f"{EMA_SUBFOLDER}/eval_results.json",
-                                        (stage / EMA_SUBFOLDER / "eval_results.json").stat().st_size, "generated"))
+                                        (stage / EMA_SUBFOLDER / "eval_results.json").stat().st_size,
+                                        "the run's, local paths stripped"))
 
     # Results and resolved arguments: the run's own numbers, with local paths reduced to their last component.
     for name, data in (("eval_results.json", facts.eval_results), ("run_args.json", facts.run_args)):
         if data is not None:
             _write_json(stage / name, data)
-            files.append(StagedFile(name, (stage / name).stat().st_size, f"{name} (local paths stripped)"))
+            files.append(StagedFile(name, (stage / name).stat().st_size, "the run's, local paths stripped"))
 
     card = render_model_card(facts, repo_id, card_data=card_data, template_path=template_path)
     (stage / "README.md").write_text(card.content)
