@@ -311,3 +311,16 @@ def test_option_validation(overrides, message):
         return
     with pytest.raises(ValueError, match=message):
         make_config(**overrides)
+
+
+@pytest.mark.flex
+@pytest.mark.slow
+def test_flex_attention_takes_the_relative_bias():
+    # Flex attention adds `position_bias[b, h, q, k]` in its score_mod; it compiles per shape (tens of seconds).
+    model = _perturbed_model(ViTForImageClassification, position_embedding_type="relative", head_zero_init=False)
+    pixel_values = pixel_values_for(model.config)
+    with torch.no_grad():
+        expected = model(pixel_values).logits
+        model.set_attn_implementation("flex_attention")
+        got = model(pixel_values).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
