@@ -60,12 +60,43 @@ def _block(r, a, prefix, width, heads, mlp, names, stack=()):
     a[f"{prefix}{mlp_block}/Dense_1/kernel"], a[f"{prefix}{mlp_block}/Dense_1/bias"] = r(*stack, mlp, width), r(*stack, width)
 
 
+def resnet_arrays(r, depths, stem_width, channels=3, old_group_norm=False):
+    """The hybrid's ResNet (vit_jax models_resnet.py; GroupNorm as (1, 1, 1, C) in files from Flax < 0.3.6)."""
+    def group_norm(name, c):
+        shape = (1, 1, 1, c) if old_group_norm else (c,)
+        a[f"{name}/scale"], a[f"{name}/bias"] = 1 + r(*shape), r(*shape)
+
+    a = {"conv_root/kernel": r(7, 7, channels, stem_width)}
+    group_norm("gn_root", stem_width)
+    in_channels = stem_width
+    for stage, depth in enumerate(depths):
+        mid = stem_width * 2**stage
+        for unit in range(1, depth + 1):
+            b = f"block{stage + 1}/unit{unit}/"
+            if unit == 1:
+                a[f"{b}conv_proj/kernel"] = r(1, 1, in_channels, 4 * mid)
+                group_norm(f"{b}gn_proj", 4 * mid)
+            a[f"{b}conv1/kernel"] = r(1, 1, in_channels, mid)
+            group_norm(f"{b}gn1", mid)
+            a[f"{b}conv2/kernel"] = r(3, 3, mid, mid)
+            group_norm(f"{b}gn2", mid)
+            a[f"{b}conv3/kernel"] = r(1, 1, mid, 4 * mid)
+            group_norm(f"{b}gn3", 4 * mid)
+            in_channels = 4 * mid
+    return a, in_channels
+
+
 def vit_jax_arrays(layers=2, width=32, heads=4, mlp=64, patch=8, grid=4, channels=3, classifier="token",
-                   representation_size=None, num_classes=5, numbering="released", prefix="", seed=0, scale=0.2):
-    """A vit_jax checkpoint (models_vit.py's parameter tree, flattened with "/"); values ~ N(0, scale^2)."""
+                   representation_size=None, num_classes=5, numbering="released", prefix="", seed=0, scale=0.2,
+                   resnet=None, old_group_norm=False):
+    """A vit_jax checkpoint (models_vit.py's parameter tree, flattened with "/"); values ~ N(0, scale^2).
+    `resnet=(stage depths, stem width)`: a hybrid, whose patches (`patch` on the feature map) read the ResNet."""
     r = _random(seed, scale)
     rows, cols = (grid, grid) if isinstance(grid, int) else grid
-    a = {"embedding/kernel": r(patch, patch, channels, width), "embedding/bias": r(width)}
+    a = {}
+    if resnet is not None:
+        a, channels = resnet_arrays(r, *resnet, channels=channels, old_group_norm=old_group_norm)
+    a.update({"embedding/kernel": r(patch, patch, channels, width), "embedding/bias": r(width)})
     if classifier == "token":
         a["cls"] = r(1, 1, width)
     a["Transformer/posembed_input/pos_embedding"] = r(1, rows * cols + (classifier == "token"), width)
@@ -195,6 +226,26 @@ def test_b16_shaped_in21k_checkpoint(tmp_path):
         logits = model.classifier(outputs.pooler_output)
     assert max_diff(logits, expected["logits"]) < 1e-5
     assert max_diff(outputs.last_hidden_state, expected["encoded"]) < 1e-4
+
+
+@pytest.mark.parametrize(
+    "depths, patch, old_group_norm",
+    [((1, 1), 1, False), ((), 2, False), ((2, 1, 1), 1, True)],
+    ids=["R[1,1]-patch1", "stem-only-patch2", "R[2,1,1]-old-groupnorm-shapes"],
+)
+def test_vit_jax_hybrid_uses_every_key_and_reproduces_the_reference(depths, patch, old_group_norm, tmp_path):
+    # Stem width 32 (width factor 0.5) keeps it tiny; GroupNorm has 32 groups as in the reference.
+    arrays = vit_jax_arrays(patch=patch, grid=2, resnet=(depths, 32), old_group_norm=old_group_norm)
+    model, report = load_npz(write_npz(tmp_path / "hybrid.npz", arrays), output_loading_info=True)
+    assert report.unused_keys == []
+    config = model.config
+    assert config.backbone_depths == list(depths) and config.backbone_width_factor == 0.5
+    assert (config.backbone_group_norm_eps, config.backbone_weight_standardization) == (1e-6, "std_plus_eps")  # Flax's
+    stride = 4 * 2 ** max(len(depths) - 1, 0)
+    assert config.image_size == 2 * patch * stride and config.num_channels == 3
+    pixel_values = images_for(config)
+    expected = reference_outputs(arrays, pixel_values)["logits"]
+    assert max_diff(logits_of(model, pixel_values), expected) < 1e-5 * max(1.0, np.abs(expected).max())
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -372,6 +423,24 @@ def test_timm_round_trip_is_exact(overrides, tmp_path):
         assert getattr(again.config, field) == getattr(model.config, field), field
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, again.state_dict()[name]), name
+
+
+@pytest.mark.parametrize("depths", [[], [2, 2, 2, 2]], ids=["stem-only", "R26"])
+def test_timm_hybrid_round_trip_is_exact(depths, tmp_path):
+    # timm's hybrid backbone numerics (GroupNorm eps 1e-5, sqrt(var + 1e-8) weight standardisation).
+    model = _random_model(image_size=64, patch_size=8 if not depths else 1, backbone_depths=depths, hidden_act="gelu",
+                          backbone_group_norm_eps=1e-5, backbone_weight_standardization="sqrt_var_plus_eps",
+                          backbone_weight_standardization_eps=1e-8)
+    save_timm(model, tmp_path / "timm")
+    saved = json.loads((tmp_path / "timm" / "config.json").read_text())
+    assert saved["architecture"] == ("vit_tiny_r_s16_p8_224" if not depths else "vit_small_r26_s32_224")
+    again, report = load_timm(tmp_path / "timm", output_loading_info=True)
+    assert report.unused_keys == [] and again.config.backbone_depths == depths
+    assert again.config.backbone_group_norm_eps == 1e-5
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, again.state_dict()[name]), name
+    with pytest.raises(ValueError, match="backbone_group_norm_eps"):
+        save_timm(_random_model(image_size=64, patch_size=8, backbone_depths=[]), tmp_path / "reference-numerics")
 
 
 def test_timm_table_without_class_row(tmp_path):

@@ -93,19 +93,59 @@ def test_b16_npz_matches_timms_loader(tmp_path):
     assert difference < TOLERANCE, difference
 
 
+# timm's numerics for its hybrids' ResNet, pinned on the hf_vit side (the reference code's are 1e-6 / std + 1e-5).
+TIMM_BACKBONE = dict(backbone_group_norm_eps=1e-5, backbone_weight_standardization="sqrt_var_plus_eps",
+                     backbone_weight_standardization_eps=1e-8)
+HYBRID_CASES = {
+    # name: (npz arrays, timm entry point, its transformer arguments)
+    "R26+tiny": (lambda: vit_jax_arrays(patch=1, grid=2, resnet=((2, 2, 2, 2), 64)), "vit_small_r26_s32_224",
+                 dict(img_size=64, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2, num_classes=5)),
+    "stem-only+tiny": (lambda: vit_jax_arrays(patch=8, grid=2, resnet=((), 64)), "vit_tiny_r_s16_p8_224",
+                       dict(img_size=64, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2, num_classes=5)),
+    "R50+B/16": (lambda: vit_jax_arrays(layers=12, width=768, heads=12, mlp=3072, patch=1, grid=14, num_classes=10,
+                                        resnet=((3, 4, 9), 64), scale=0.02), "vit_base_r50_s16_224", dict(num_classes=10)),
+}
+
+
+@needs_timm
+@pytest.mark.parametrize("case", list(HYBRID_CASES))
+def test_hybrid_npz_matches_timms_loader(case, tmp_path):
+    import timm
+    from timm.models.vision_transformer import _load_weights
+
+    make, architecture, timm_args = HYBRID_CASES[case]
+    path = write_npz(tmp_path / "hybrid.npz", make())
+    model, report = load_npz(path, hidden_act="gelu", output_loading_info=True, **TIMM_BACKBONE)
+    assert report.unused_keys == []
+    reference = timm.create_model(architecture, pretrained=False, **timm_args).eval()
+    _load_weights(reference, str(path))
+    pixel_values = images_for(model.config, batch=1)
+    with torch.no_grad():
+        difference = max_diff(model(pixel_values).logits, reference(pixel_values))
+    print(f"{case}: max |hf_vit - timm's .npz loader| = {difference:.3g}")
+    assert difference < TOLERANCE, difference
+
+
 @needs_timm
 @pytest.mark.parametrize(
-    "timm_args",
-    [dict(), dict(global_pool="avg", class_token=False, fc_norm=False), dict(no_embed_class=True), dict(qkv_bias=False)],
-    ids=["token", "gap", "no-embed-class", "no-qkv-bias"],
+    "architecture, timm_args",
+    [
+        ("vit_base_patch16_224", dict()),
+        ("vit_base_patch16_224", dict(global_pool="avg", class_token=False, fc_norm=False)),
+        ("vit_base_patch16_224", dict(no_embed_class=True)),
+        ("vit_base_patch16_224", dict(qkv_bias=False)),
+        ("vit_tiny_r_s16_p8_224", dict(img_size=64)),
+        ("vit_small_r26_s32_224", dict(img_size=64, patch_size=1)),
+    ],
+    ids=["token", "gap", "no-embed-class", "no-qkv-bias", "hybrid-stem-only", "hybrid-R26"],
 )
-def test_timm_state_dicts_give_timms_logits(timm_args, tmp_path):
+def test_timm_state_dicts_give_timms_logits(architecture, timm_args, tmp_path):
     import timm
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
-    reference = timm.create_model("vit_base_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=48,
-                                  depth=2, num_heads=4, num_classes=7, **timm_args).eval()
+    shape = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=4, num_classes=7)
+    reference = timm.create_model(architecture, pretrained=False, **{**shape, **timm_args}).eval()
     with torch.no_grad():
         for p in reference.parameters():
             p.normal_(0, 0.1)
@@ -114,20 +154,24 @@ def test_timm_state_dicts_give_timms_logits(timm_args, tmp_path):
     model, report = load_timm(tmp_path / "timm.safetensors", num_attention_heads=4, check=True,
                               output_loading_info=True, **overrides)
     assert report.unused_keys == [] and report.max_abs_difference["timm"] < TOLERANCE
-    pixel_values = torch.randn(2, 3, 32, 32)
+    pixel_values = torch.randn(2, 3, *model.config.image_hw)
     with torch.no_grad():
         assert max_diff(model(pixel_values).logits, reference(pixel_values)) < TOLERANCE
 
 
 @needs_timm
-@pytest.mark.parametrize("overrides", [dict(hidden_act="gelu"), dict(pooling="gap")], ids=["exact-gelu-cls", "tanh-gelu-gap"])
+@pytest.mark.parametrize(
+    "overrides",
+    [dict(hidden_act="gelu"), dict(pooling="gap"), dict(image_size=64, backbone_depths=[2, 2, 2, 2], patch_size=1, **TIMM_BACKBONE)],
+    ids=["exact-gelu-cls", "tanh-gelu-gap", "hybrid-R26"],
+)
 def test_timm_export_loads_in_timm(overrides, tmp_path):
     import timm
 
     model = _random_model(**overrides)
     save_timm(model, tmp_path / "timm")
     exported = timm.create_model(f"local-dir:{tmp_path / 'timm'}", pretrained=True).eval()
-    pixel_values = torch.randn(2, 3, 32, 32)
+    pixel_values = torch.randn(2, 3, *model.config.image_hw)
     with torch.no_grad():
         assert max_diff(exported(pixel_values), model(pixel_values).logits) < TOLERANCE
 
@@ -164,6 +208,9 @@ JAX_CASES = {
     "big_vision-map-scanned": lambda: big_vision_arrays(pool_type="map", scan=True, prefix=""),
     "ViT-B_16-in21k": lambda: vit_jax_arrays(layers=12, width=768, heads=12, mlp=3072, patch=16, grid=14,
                                              representation_size=768, num_classes=10, scale=0.02),
+    "hybrid-R[1,1]-old-groupnorm": lambda: vit_jax_arrays(patch=1, grid=2, resnet=((1, 1), 32), old_group_norm=True),
+    "R50+ViT-B_16": lambda: vit_jax_arrays(layers=12, width=768, heads=12, mlp=3072, patch=1, grid=14, num_classes=10,
+                                           resnet=((3, 4, 9), 64), scale=0.02),
 }
 
 
@@ -181,4 +228,5 @@ def test_npz_matches_the_reference_forward_in_jax(case, tmp_path):
     difference = max_diff(logits, expected["logits"])
     print(f"{case}: max |hf_vit - jax reference| = {difference:.3g} (logits up to {np.abs(expected['logits']).max():.3g})")
     assert difference < TOLERANCE
-    assert max_diff(ours.last_hidden_state, expected["encoded"]) < 10 * TOLERANCE
+    # Every token after the final LayerNorm: fp32 noise of the hybrid's 50-layer ResNet reaches ~2e-4 here.
+    assert max_diff(ours.last_hidden_state, expected["encoded"]) < 1e-4 * max(1.0, np.abs(expected["encoded"]).max())

@@ -110,12 +110,12 @@ def timm_state_dict_reference(source, config, pos_has_prefix_row: bool = True):
     """timm's ViT built like `config`, loading the source tensors as they are (`strict=True`)."""
     import timm
 
-    from .timm_format import timm_model_args
+    from .timm_format import timm_architecture, timm_model_args
 
     args = timm_model_args(config)
     if config.use_class_token and not pos_has_prefix_row:
         args["no_embed_class"] = True
-    model = timm.create_model("vit_base_patch16_224", pretrained=False, **args).eval()
+    model = timm.create_model(timm_architecture(config), pretrained=False, **args).eval()
     model.load_state_dict({k: source.read(k) for k in source.keys()}, strict=True)
 
     @torch.no_grad()

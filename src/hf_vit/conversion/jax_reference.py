@@ -1,6 +1,7 @@
 """The reference (Flax) ViT forward pass, computed straight from the `.npz` arrays, to check conversions against.
 
-This is the model of `vit_jax/models_vit.py` and big_vision's `models/vit.py` (ViT paper, section 3.1), written
+This is the model of `vit_jax/models_vit.py` (with the hybrid's `models_resnet.py`) and big_vision's
+`models/vit.py` (ViT paper, section 3.1), written
 with the primitives Flax uses: `jax.nn.gelu` (tanh approximation, Flax's `nn.gelu`), Flax's LayerNorm statistics
 (eps 1e-6, variance as E[x^2] - E[x]^2), query scaling before the dot product, a VALID conv for the patches. It reads
 the file's own key names (both numberings, scanned blocks, class token or not, MAP head, pre-logits) and shares no
@@ -101,6 +102,79 @@ class _Ops:
         return out + self.asarray(p["bias"])
 
 
+def _same_padding(size, kernel, stride):
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def _conv_same(ops, x, kernel, stride):
+    """(B, H, W, C) conv with an HWIO kernel, TensorFlow/Flax "SAME" padding, no bias."""
+    if ops.backend == "jax":
+        return ops.jax.lax.conv_general_dilated(
+            x, kernel, window_strides=(stride, stride), padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+    kh, kw = kernel.shape[:2]
+    pad = [(0, 0), _same_padding(x.shape[1], kh, stride), _same_padding(x.shape[2], kw, stride), (0, 0)]
+    windows = np.lib.stride_tricks.sliding_window_view(np.pad(x, pad), (kh, kw), axis=(1, 2))[:, ::stride, ::stride]
+    return np.einsum("bhwcij,ijco->bhwo", windows, kernel, optimize=True)
+
+
+def _max_pool_same(ops, x, window=3, stride=2):
+    """Flax `nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")`: padding never wins the max."""
+    if ops.backend == "jax":
+        return ops.jax.lax.reduce_window(x, -np.inf, ops.jax.lax.max, (1, window, window, 1), (1, stride, stride, 1), "SAME")
+    pad = [(0, 0), _same_padding(x.shape[1], window, stride), _same_padding(x.shape[2], window, stride), (0, 0)]
+    padded = np.pad(x, pad, constant_values=-np.inf)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (window, window), axis=(1, 2))[:, ::stride, ::stride]
+    return windows.max(axis=(-2, -1))
+
+
+def _std_conv(ops, x, p, stride=1):
+    """vit_jax's StdConv: the kernel standardised over (kh, kw, in) as (w - mean) / (std + 1e-5), then a SAME conv."""
+    xp = ops.xp
+    w = ops.asarray(p["kernel"])
+    w = w - w.mean(axis=(0, 1, 2))
+    w = w / (xp.sqrt((w * w).mean(axis=(0, 1, 2))) + ops.dtype.type(1e-5))
+    return _conv_same(ops, x, w, stride)
+
+
+def _group_norm(ops, x, p, groups=32, eps=1e-6):
+    """Flax GroupNorm (32 groups, eps 1e-6, variance as E[x^2] - E[x]^2) on (B, H, W, C)."""
+    xp = ops.xp
+    b, h, w, c = x.shape
+    g = x.reshape(b, h, w, groups, c // groups)
+    mean = g.mean(axis=(1, 2, 4), keepdims=True)
+    var = xp.maximum(0.0, (g * g).mean(axis=(1, 2, 4), keepdims=True) - mean * mean)
+    y = ((g - mean) * (1.0 / xp.sqrt(var + ops.dtype.type(eps)))).reshape(b, h, w, c)
+    return y * ops.asarray(p["scale"]).reshape(-1) + ops.asarray(p["bias"]).reshape(-1)
+
+
+def _relu(ops, x):
+    return ops.xp.maximum(x, 0.0)
+
+
+def _resnet(ops, x, params):
+    """vit_jax's hybrid root: StdConv 7x7/2, GroupNorm, ReLU, SAME max-pool 3x3/2, then post-activation bottleneck
+    stages `block1`, `block2`, ... (first stride 1, then 2)."""
+    x = _relu(ops, _group_norm(ops, _std_conv(ops, x, params["conv_root"], stride=2), params["gn_root"]))
+    x = _max_pool_same(ops, x)
+    stage = 1
+    while f"block{stage}" in params:
+        block = params[f"block{stage}"]
+        for unit in range(1, len(block) + 1):
+            p = block[f"unit{unit}"]
+            stride = 2 if (unit == 1 and stage > 1) else 1
+            residual = x
+            if "conv_proj" in p:
+                residual = _group_norm(ops, _std_conv(ops, x, p["conv_proj"], stride), p["gn_proj"])
+            y = _relu(ops, _group_norm(ops, _std_conv(ops, x, p["conv1"]), p["gn1"]))
+            y = _relu(ops, _group_norm(ops, _std_conv(ops, y, p["conv2"], stride), p["gn2"]))
+            y = _group_norm(ops, _std_conv(ops, y, p["conv3"]), p["gn3"])
+            x = _relu(ops, residual + y)
+        stage += 1
+    return x
+
+
 def _attention(ops, inputs_q, inputs_kv, p):
     """Flax MultiHeadDotProductAttention: (B, Q, D), (B, K, D) -> (B, Q, D)."""
     xp = ops.xp
@@ -158,7 +232,10 @@ def forward(flat_params, images, backend="jax", prefix="", dtype=np.float32):
     ops = _Ops(backend, dtype)
     params = _tree(flat_params, prefix)
     transformer = params["Transformer"]
-    x = ops.patch_conv(ops.asarray(images), params["embedding"])  # (B, rows, cols, D)
+    x = ops.asarray(images)
+    if "conv_root" in params:  # hybrid: the patches are cut from the ResNet's feature map
+        x = _resnet(ops, x, params)
+    x = ops.patch_conv(x, params["embedding"])  # (B, rows, cols, D)
     batch, rows, cols, width = x.shape
     x = x.reshape(batch, rows * cols, width)
     xp = ops.xp

@@ -9,6 +9,13 @@ timm keys (D = width, P = patch size):
     blocks.{i}.mlp.fc1.{weight,bias}        blocks.{i}.mlp.fc2.{weight,bias}
     norm.{weight,bias}                      head.{weight,bias}
 
+Hybrids (`vit_base_r50_s16_224`, `vit_small_r26_s32_224`, `vit_large_r50_s32_224`, `vit_tiny_r_s16_p8_224`) add
+timm's ResNetV2 under `patch_embed.backbone.` (`stem.conv`, `stem.norm`, `stages.{s}.blocks.{u}.{conv1..3,
+norm1..3}`, the first block's `downsample.{conv,norm}`; a stem-only backbone is `patch_embed.backbone.{conv,norm}`),
+with timm's numerics: GroupNorm eps 1e-5 and weights standardised as (w - mean) / sqrt(var + 1e-8) (the reference
+code: eps 1e-6 and (w - mean) / (std + 1e-5)); the converted config carries timm's values. Only timm's "same"
+padding stem (the one its ViT hybrids use) is read.
+
 timm's ViT uses the exact (erf) GELU and LayerNorm eps 1e-6. Its global average pooling either averages *after* the
 final norm (`fc_norm=False`: the reference's "gap", hf_vit's `pooling="gap"`) or averages first and normalises after
 (`fc_norm`): that second form has no hf_vit counterpart and is refused with an explanation. timm has no tanh
@@ -46,9 +53,46 @@ def _pair(target, source, to_hf_vit=identity):
     return rule(target, source, to_hf_vit, from_hf_vit=lambda t: t)
 
 
+# timm's registered hybrids: stage depths -> an entry point building that backbone (the transformer's size comes from
+# the model arguments).
+HYBRID_ARCHITECTURES = {
+    (): "vit_tiny_r_s16_p8_224",
+    (2, 2, 2, 2): "vit_small_r26_s32_224",
+    (3, 4, 9): "vit_base_r50_s16_224",
+    (3, 4, 6, 3): "vit_large_r50_s32_224",
+}
+# timm's ResNetV2 numerics for ViT hybrids (hf_vit field -> value).
+TIMM_BACKBONE = {
+    "backbone_num_groups": 32,
+    "backbone_group_norm_eps": 1e-5,
+    "backbone_weight_standardization": "sqrt_var_plus_eps",
+    "backbone_weight_standardization_eps": 1e-8,
+}
+_STAGE_BLOCK = re.compile(r"^patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\.")
+
+
+def backbone_rules(config) -> list[Rule]:
+    """hf_vit's `patch_embeddings.backbone` <-> timm's `patch_embed.backbone` (ResNetV2, post-activation blocks)."""
+    ours, theirs = "vit.embeddings.patch_embeddings.backbone.", "patch_embed.backbone."
+    stem = theirs if not config.backbone_depths else f"{theirs}stem."  # a stem-only backbone is the stem itself
+    rules = [_pair(f"{ours}stem.conv.weight", f"{stem}conv.weight")]
+    rules += [_pair(f"{ours}stem.norm.{p}", f"{stem}norm.{p}") for p in ("weight", "bias")]
+    for stage, depth in enumerate(config.backbone_depths):
+        for unit in range(depth):
+            a, b = f"{ours}stages.{stage}.units.{unit}.", f"{theirs}stages.{stage}.blocks.{unit}."
+            names = [("conv1", "conv1"), ("norm1", "norm1"), ("conv2", "conv2"), ("norm2", "norm2"), ("conv3", "conv3"), ("norm3", "norm3")]
+            if unit == 0:
+                names = [("shortcut.conv", "downsample.conv"), ("shortcut.norm", "downsample.norm"), *names]
+            for our_name, their_name in names:
+                params = ("weight",) if "conv" in our_name else ("weight", "bias")
+                rules += [_pair(f"{a}{our_name}.{p}", f"{b}{their_name}.{p}") for p in params]
+    return rules
+
+
 def key_map(config, pos_has_prefix_row: bool = True) -> list[Rule]:
-    """hf_vit <-> timm rules for `config` (plain ViT). `pos_has_prefix_row=False`: timm's `no_embed_class` table."""
-    rules = [
+    """hf_vit <-> timm rules for `config`. `pos_has_prefix_row=False`: timm's `no_embed_class` table."""
+    rules = backbone_rules(config) if config.is_hybrid else []
+    rules += [
         _pair("vit.embeddings.patch_embeddings.projection.weight", "patch_embed.proj.weight"),
         _pair("vit.embeddings.patch_embeddings.projection.bias", "patch_embed.proj.bias"),
     ]
@@ -89,9 +133,8 @@ def infer(source, num_attention_heads: int | None = None) -> dict:
     model_args = dict(meta.get("model_args") or {})
     pretrained_cfg = dict(meta.get("pretrained_cfg") or {})
     if "patch_embed.proj.weight" not in source:
-        hint = " (a hybrid: this version converts plain ViTs only)" if any(k.startswith("patch_embed.backbone.") for k in source.keys()) else ""
         raise ConversionError(
-            f"{source.path}: no patch_embed.proj.weight; this is not a timm VisionTransformer state dict{hint}. "
+            f"{source.path}: no patch_embed.proj.weight; this is not a timm VisionTransformer state dict. "
             f"It holds e.g. {sorted(source.keys())[:5]}."
         )
     if "fc_norm.weight" in source:
@@ -137,6 +180,11 @@ def infer(source, num_attention_heads: int | None = None) -> dict:
         "representation_size": None,
         "num_labels": source.shape("head.weight")[0] if "head.weight" in source else 0,
     }
+    token_stride = (weight[2], weight[3])
+    if any(k.startswith("patch_embed.backbone.") for k in source.keys()):
+        fields.update(_backbone_fields(source))
+        stride = 4 * 2 ** max(len(fields["backbone_depths"]) - 1, 0)  # stem 4x, then 2x per stage after the first
+        token_stride = (weight[2] * stride, weight[3] * stride)
     label_names = pretrained_cfg.get("label_names")
     if label_names and len(label_names) == fields["num_labels"]:
         fields["id2label"] = {i: str(name) for i, name in enumerate(label_names)}
@@ -147,7 +195,7 @@ def infer(source, num_attention_heads: int | None = None) -> dict:
         image_size = list(pretrained_cfg["input_size"][-2:])
     if image_size is not None:
         height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
-        grid = (height // weight[2]) * (width // weight[3])
+        grid = (height // token_stride[0]) * (width // token_stride[1])
     else:
         grid = rows - prefix if prefix and math.isqrt(rows - prefix) ** 2 == rows - prefix else rows
     has_prefix_row = prefix > 0 and rows == grid + prefix
@@ -161,8 +209,29 @@ def infer(source, num_attention_heads: int | None = None) -> dict:
         "patch_positions": grid,
         "source_image_size": image_size,
         "pos_has_prefix_row": has_prefix_row,
+        "token_stride": token_stride,
         "image_mean": pretrained_cfg.get("mean"),
         "image_std": pretrained_cfg.get("std"),
+    }
+
+
+def _backbone_fields(source) -> dict:
+    """A timm hybrid's ResNetV2 as hf_vit config fields (stage depths, width factor, timm's numerics)."""
+    units = {}
+    for key in source.keys():
+        if match := _STAGE_BLOCK.match(key):
+            units.setdefault(int(match[1]), set()).add(int(match[2]))
+    if sorted(units) != list(range(len(units))) or any(u != set(range(len(u))) for u in units.values()):
+        raise ConversionError(f"{source.path}: the backbone's stages/blocks are not numbered without gaps: {units}.")
+    stem = "patch_embed.backbone.stem.conv.weight" if units else "patch_embed.backbone.conv.weight"
+    if stem not in source:
+        raise ConversionError(f"{source.path}: a hybrid without {stem}; not a timm ResNetV2 backbone it knows.")
+    width = source.shape(stem)[0]
+    return {
+        "backbone_depths": [len(units[s]) for s in sorted(units)],
+        "backbone_width_factor": width / 64 if width % 64 else width // 64,
+        "num_channels": source.shape(stem)[1],
+        **TIMM_BACKBONE,
     }
 
 
@@ -173,8 +242,19 @@ def infer(source, num_attention_heads: int | None = None) -> dict:
 def timm_model_args(config) -> dict:
     """`timm.create_model` keyword arguments that build timm's `VisionTransformer` matching `config` (raises
     `ValueError` naming the field for what timm cannot express)."""
-    if getattr(config, "backbone_depths", None) is not None:
-        raise ValueError("`backbone_depths` is set: hybrid models do not export to timm in this version.")
+    if config.is_hybrid:
+        if tuple(config.backbone_depths) not in HYBRID_ARCHITECTURES or config.backbone_width_factor != 1:
+            raise ValueError(
+                f"`backbone_depths` {config.backbone_depths} with `backbone_width_factor` {config.backbone_width_factor}: "
+                f"timm builds only the backbones of its registered hybrids (depths {sorted(HYBRID_ARCHITECTURES)}, "
+                "width factor 1)."
+            )
+        for name, value in TIMM_BACKBONE.items():
+            if getattr(config, name) != value:
+                raise ValueError(
+                    f"`{name}` is {getattr(config, name)!r}; timm's hybrid backbone uses {value!r}, so the exported "
+                    "model would not be the same model."
+                )
     if config.representation_size is not None:
         raise ValueError(
             f"`representation_size` is {config.representation_size}: timm's ViT has no tanh pre-logits layer. Drop it "
@@ -208,6 +288,14 @@ def timm_model_args(config) -> dict:
         "act_layer": ACTIVATIONS[config.hidden_act],
         "num_classes": config.num_labels,
     }
+
+
+def timm_architecture(config) -> str:
+    """The timm entry point to build `config` with (together with `timm_model_args`)."""
+    if config.is_hybrid:
+        return HYBRID_ARCHITECTURES[tuple(config.backbone_depths)]
+    # NOTE: any registered plain-ViT entry point works; the model arguments fix every architecture choice.
+    return "vit_base_patch16_224"
 
 
 def state_dict_to_timm(state_dict: dict, config) -> dict:
@@ -251,8 +339,7 @@ def save_timm(model, save_directory, image_processor=None) -> None:
     if config.num_labels > 0 and config.id2label:
         pretrained_cfg["label_names"] = [config.id2label[i] for i in range(config.num_labels)]
     timm_config = {
-        # NOTE: any registered plain-ViT entry point works; model_args below fix every architecture choice.
-        "architecture": "vit_base_patch16_224",
+        "architecture": timm_architecture(config),
         "num_classes": config.num_labels,
         "num_features": config.hidden_size,
         "global_pool": model_args["global_pool"],
@@ -263,4 +350,14 @@ def save_timm(model, save_directory, image_processor=None) -> None:
         json.dump(timm_config, f, indent=2)
 
 
-__all__ = ["FORMAT", "infer", "key_map", "save_timm", "state_dict_to_timm", "timm_model_args"]
+__all__ = [
+    "FORMAT",
+    "HYBRID_ARCHITECTURES",
+    "backbone_rules",
+    "infer",
+    "key_map",
+    "save_timm",
+    "state_dict_to_timm",
+    "timm_architecture",
+    "timm_model_args",
+]

@@ -15,6 +15,17 @@ H = heads, d = D / H, P = patch size, C = input channels:
     pre_logits/kernel (D, R), bias (R,)                                the in21k pre-training head's tanh layer
     head/kernel (R or D, K), bias (K,)
 
+Hybrids (R50+ViT-B/16, R26+ViT-S/32, R+ViT-Ti/16, ...) add the reference ResNet (`models_resnet.py`) before the
+patch embedding, whose kernel then reads the feature map (W = 64 x width factor, m = W * 2**s for stage s):
+
+    conv_root/kernel (7, 7, C, W)      gn_root/{scale,bias} (W,)         the stem (weight-standardised conv, GN)
+    block{s+1}/unit{u+1}/conv1/kernel (1, 1, in, m)    gn1/{scale,bias} (m,)
+    block{s+1}/unit{u+1}/conv2/kernel (3, 3, m, m)     gn2/{scale,bias} (m,)
+    block{s+1}/unit{u+1}/conv3/kernel (1, 1, m, 4m)    gn3/{scale,bias} (4m,)
+    block{s+1}/unit1/conv_proj/kernel (1, 1, in, 4m)   gn_proj/{scale,bias} (4m,)   the first unit's shortcut
+
+GroupNorm parameters of files written by Flax before 0.3.6 are (1, 1, 1, C); both shapes are read.
+
 The released files were written by pre-linen Flax, whose module counter runs across module types
 (`MultiHeadDotProductAttention_1`, `LayerNorm_2`, `MlpBlock_3`); the same code run with today's Flax writes
 `MultiHeadDotProductAttention_0`, `LayerNorm_1`, `MlpBlock_0` (vit_jax's own loader renames the former into the
@@ -29,12 +40,14 @@ from __future__ import annotations
 
 import re
 
+from ..configuration_hf_vit import STEM_STRIDE
 from .keymap import (
     ConversionError,
     Rule,
     attention_out_kernel,
     conv_kernel,
     dense_kernel,
+    flatten,
     identity,
     qkv_bias,
     qkv_kernel,
@@ -64,6 +77,7 @@ NUMBERINGS = {
 }
 
 _BLOCK = re.compile(r"^Transformer/encoderblock_(\d+)/")
+_RESNET_UNIT = re.compile(r"^block(\d+)/unit(\d+)/")
 
 
 def find_prefix(source) -> str | None:
@@ -173,19 +187,74 @@ def infer(source, prefix: str) -> dict:
     fields["pooling"] = "cls" if use_class_token else "gap"  # vit_jax's classifier="token" | "gap"
     fields["use_class_token"] = use_class_token
     fields.update(head_fields(source, prefix, fields["hidden_size"]))
+    token_stride = (kernel[0], kernel[1])
     if f"{prefix}conv_root/kernel" in source:
-        raise ConversionError(
-            f"{source.path} is a hybrid (ResNet + ViT) checkpoint (it has {prefix}conv_root/kernel); this version of "
-            "hf_vit converts plain ViT checkpoints only."
-        )
+        fields.update(resnet_fields(source, prefix))
+        fields["num_channels"] = source.shape(f"{prefix}conv_root/kernel")[2]  # the embedding reads the feature map
+        stride = STEM_STRIDE * 2 ** max(len(fields["backbone_depths"]) - 1, 0)
+        token_stride = (kernel[0] * stride, kernel[1] * stride)
     positions = source.shape(f"{prefix}{ANCHOR}")[1] - int(use_class_token)
-    return {"fields": fields, "numbering": numbering, "patch_positions": positions, "pos_has_prefix_row": True}
+    return {
+        "fields": fields,
+        "numbering": numbering,
+        "patch_positions": positions,
+        "pos_has_prefix_row": True,
+        "token_stride": token_stride,
+    }
+
+
+def resnet_fields(source, prefix: str) -> dict:
+    """The hybrid's ResNet as hf_vit config fields: stage depths (units per `block{i}`) and width factor, with the
+    reference's numerics (GroupNorm: 32 groups, Flax's eps 1e-6; weights standardised as (w - mean) / (std + 1e-5))."""
+    units = {}
+    for key in source.keys():
+        match = _RESNET_UNIT.match(key[len(prefix) :])
+        if match:
+            units.setdefault(int(match[1]), set()).add(int(match[2]))
+    if sorted(units) != list(range(1, len(units) + 1)) or any(u != set(range(1, len(u) + 1)) for u in units.values()):
+        raise ConversionError(
+            f"{source.path}: the ResNet stages/units are not numbered block1..blockN / unit1..unitM without gaps "
+            f"(found { {b: sorted(u) for b, u in sorted(units.items())} })."
+        )
+    width = source.shape(f"{prefix}conv_root/kernel")[3]
+    return {
+        "backbone_depths": [len(units[b]) for b in sorted(units)],
+        "backbone_width_factor": width / 64 if width % 64 else width // 64,
+        "backbone_num_groups": 32,
+        "backbone_group_norm_eps": 1e-6,
+        "backbone_weight_standardization": "std_plus_eps",
+        "backbone_weight_standardization_eps": 1e-5,
+    }
+
+
+def resnet_rules(prefix: str, depths) -> list[Rule]:
+    """The reference ResNet (stem, then `block{s}/unit{u}`) -> hf_vit's `patch_embeddings.backbone`."""
+    target = "vit.embeddings.patch_embeddings.backbone."
+    rules = [
+        rule(target + "stem.conv.weight", f"{prefix}conv_root/kernel", conv_kernel),
+        rule(target + "stem.norm.weight", f"{prefix}gn_root/scale", flatten),
+        rule(target + "stem.norm.bias", f"{prefix}gn_root/bias", flatten),
+    ]
+    for stage, depth in enumerate(depths):
+        for unit in range(depth):
+            ours, theirs = f"{target}stages.{stage}.units.{unit}.", f"{prefix}block{stage + 1}/unit{unit + 1}/"
+            parts = [("conv1", "norm1", "conv1", "gn1"), ("conv2", "norm2", "conv2", "gn2"), ("conv3", "norm3", "conv3", "gn3")]
+            if unit == 0:  # the stage's first unit changes width (and stride): projection shortcut
+                parts.insert(0, ("shortcut.conv", "shortcut.norm", "conv_proj", "gn_proj"))
+            for conv, norm, jax_conv, jax_norm in parts:
+                rules += [
+                    rule(f"{ours}{conv}.weight", f"{theirs}{jax_conv}/kernel", conv_kernel),
+                    rule(f"{ours}{norm}.weight", f"{theirs}{jax_norm}/scale", flatten),
+                    rule(f"{ours}{norm}.bias", f"{theirs}{jax_norm}/bias", flatten),
+                ]
+    return rules
 
 
 def key_map(config, prefix: str, numbering: str) -> list[Rule]:
     """The vit_jax key map for a config that matches the file (see `infer`)."""
     modules = NUMBERINGS[numbering]
-    rules = [
+    rules = resnet_rules(prefix, config.backbone_depths) if config.is_hybrid else []
+    rules += [
         rule("vit.embeddings.patch_embeddings.projection.weight", f"{prefix}embedding/kernel", conv_kernel),
         rule("vit.embeddings.patch_embeddings.projection.bias", f"{prefix}embedding/bias"),
         rule("vit.embeddings.position_embeddings", f"{prefix}{ANCHOR}", identity),
@@ -202,4 +271,14 @@ def key_map(config, prefix: str, numbering: str) -> list[Rule]:
     return rules
 
 
-__all__ = ["FORMAT", "NUMBERINGS", "detect_numbering", "encoder_block_rules", "find_prefix", "infer", "key_map"]
+__all__ = [
+    "FORMAT",
+    "NUMBERINGS",
+    "detect_numbering",
+    "encoder_block_rules",
+    "find_prefix",
+    "infer",
+    "key_map",
+    "resnet_fields",
+    "resnet_rules",
+]
