@@ -3,21 +3,22 @@
 import itertools
 import json
 import math
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from hf_vit import ViTConfig, ViTForImageClassification, ViTImageProcessor, ViTModel
 from hf_vit.analysis import (
+    analyze_images,
     attention_distance,
     attention_maps,
     attention_rollout,
     collect_attentions,
     filter_principal_components,
     mean_attention_distance,
+    model_attention,
     model_position_embedding_similarity,
     patch_embedding_filters,
     position_embedding_similarity,
@@ -135,6 +136,15 @@ def tiny_model():
     return ViTModel(ViTConfig(**TINY)).eval()
 
 
+@pytest.fixture(scope="module")
+def tiny_hybrid():
+    # The ResNet stem alone (stride 4) and 2x2 patches on its feature map: one token covers 8x8 input pixels.
+    torch.manual_seed(0)
+    config = ViTConfig(**{**TINY, "patch_size": 2}, backbone_depths=[], position_embedding_type="relative")
+    assert tuple(config.token_pixel_size) == (8, 8)
+    return ViTModel(config).eval()
+
+
 def test_attention_is_the_same_under_sdpa_and_eager_and_the_backend_stays(tiny_model):
     pixel_values = torch.randn(2, 3, 32, 32)
     assert tiny_model.config._attn_implementation == "sdpa"
@@ -170,6 +180,28 @@ def test_head_model_analyses_its_encoder(tiny_model):
     assert maps.shape == (1, 4, 4) and torch.all(maps > 0)
 
 
+def test_hybrid_distances_are_in_input_pixels(tiny_hybrid):
+    pixel_values = torch.randn(2, 3, 32, 32)
+    attentions, grid, num_prefix_tokens, _ = model_attention(tiny_hybrid, pixel_values)
+    assert grid == (4, 4) and attentions.shape == (2, 2, 4, 17, 17)
+    distances = mean_attention_distance(tiny_hybrid, [pixel_values])
+    in_pixels = attention_distance(attentions, grid, (8, 8), num_prefix_tokens).mean(dim=0)
+    on_feature_map = attention_distance(attentions, grid, (2, 2), num_prefix_tokens).mean(dim=0)
+    torch.testing.assert_close(distances, in_pixels)
+    torch.testing.assert_close(distances, 4 * on_feature_map)
+
+
+def test_analysis_skips_what_a_model_does_not_define(tiny_hybrid, tmp_path):
+    images = _write_images(tmp_path / "images", 2)
+    processor = ViTImageProcessor(size={"height": 32, "width": 32})
+    result = analyze_images(tiny_hybrid, processor, sorted(images.iterdir()), tmp_path / "out", progress=False)
+    assert set(result["skipped"]) == {"embedding_filters", "position_embedding_similarity"}
+    assert "hybrid" in result["skipped"]["embedding_filters"]
+    assert set(result["figures"]) == {"rollout", "layers", "distance"}
+    assert not (tmp_path / "out" / "embedding_filters.png").exists()
+    assert result["model"]["token_pixel_size"] == [8, 8]
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Position embeddings
 
@@ -188,6 +220,30 @@ def test_position_similarity_of_a_row_column_table():
     assert summary["elsewhere"] == pytest.approx(0.0) and summary["correlation_with_grid_distance"] < 0
     with pytest.raises(ValueError, match="4x4 patch grid"):
         position_embedding_similarity(table, (4, 4))
+
+
+@pytest.mark.parametrize("kind", ["learned_2d", "sincos_2d"])
+def test_position_similarity_of_the_2d_variants(kind):
+    model = ViTModel(ViTConfig(**TINY, position_embedding_type=kind)).eval()
+    table = position_embedding_table(model)
+    assert table.shape == (1, 16, 32)  # patch rows only: these variants give the class token none
+    similarity = model_position_embedding_similarity(model)
+    if kind == "learned_2d":
+        # Patches in one column share the column half of their embedding: their similarity comes from the row half.
+        columns = model.embeddings.column_position_embeddings.detach()[0]  # (cols, D/2)
+        rows = model.embeddings.row_position_embeddings.detach()[0]  # (rows, D/2)
+        a, b = torch.cat([columns[1], rows[0]]), torch.cat([columns[1], rows[3]])
+        assert float(similarity[0, 1, 3, 1]) == pytest.approx(float(F.cosine_similarity(a, b, dim=0)), rel=1e-5)
+    else:
+        # Fixed sin-cos: neighbours are more alike than far patches, along rows and columns alike.
+        assert similarity[0, 0, 0, 1] > similarity[0, 0, 0, 3] and similarity[0, 0, 1, 0] > similarity[0, 0, 3, 0]
+
+
+@pytest.mark.parametrize("kind", ["none", "relative"])
+def test_no_absolute_table_is_a_clear_error(kind):
+    model = ViTModel(ViTConfig(**TINY, position_embedding_type=kind))
+    with pytest.raises(ValueError, match=f"position_embedding_type='{kind}'"):
+        position_embedding_table(model)
 
 
 def test_model_position_embedding_table(tiny_model):
@@ -218,12 +274,12 @@ def test_filter_components_recover_a_planted_basis():
     assert abs(float(flat[0] @ basis[0])) > 0.99
 
 
-def test_filters_of_a_plain_vit_and_not_of_a_hybrid(tiny_model):
+def test_filters_of_a_plain_vit_and_not_of_a_hybrid(tiny_model, tiny_hybrid):
     filters = patch_embedding_filters(tiny_model)
     assert filters.shape == (32, 3, 8, 8)
-    hybrid = SimpleNamespace(config=SimpleNamespace(backbone_depths=[3, 4, 9], num_channels=3))
+    torch.testing.assert_close(filters, tiny_model.embeddings.patch_embeddings.projection.weight.detach())
     with pytest.raises(ValueError, match="hybrid"):
-        patch_embedding_filters(hybrid)
+        patch_embedding_filters(tiny_hybrid)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

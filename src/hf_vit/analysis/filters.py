@@ -14,7 +14,8 @@ from .attention import _base_model
 
 
 def _is_hybrid(config) -> bool:
-    return getattr(config, "backbone_depths", None) is not None
+    is_hybrid = getattr(config, "is_hybrid", None)
+    return bool(is_hybrid) if is_hybrid is not None else getattr(config, "backbone_depths", None) is not None
 
 
 @torch.no_grad()
