@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_vit import ViTConfig, ViTForImageClassification, ViTModel
+from hf_vit import ViTForImageClassification, ViTModel
 from hf_vit.modeling_hf_vit import sincos_2d_position_embeddings
 
 from .common import ModelTesterMixin, labels_for, make_config, pixel_values_for

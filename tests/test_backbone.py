@@ -6,9 +6,9 @@ import torch
 import transformers
 from PIL import Image
 
-from hf_vit import ViTBackbone, ViTConfig, ViTForImageClassification, ViTImageProcessor, ViTModel
+from hf_vit import ViTBackbone, ViTForImageClassification, ViTImageProcessor, ViTModel
 
-from .common import TINY, TINY_HYBRID, ModelTesterMixin, make_config, pixel_values_for
+from .common import TINY_HYBRID, ModelTesterMixin, make_config, pixel_values_for
 
 
 class TestViTBackbone(ModelTesterMixin):

@@ -9,7 +9,7 @@ import torch
 from hf_vit import HYBRID_VARIANTS, ViTConfig, ViTForImageClassification, ViTModel
 from hf_vit.modeling_resnetv2 import ResNetV2Backbone, WeightStandardizedConv2d, same_padding
 
-from .common import TINY, TINY_HYBRID, ModelTesterMixin, make_config, pixel_values_for
+from .common import TINY_HYBRID, ModelTesterMixin, make_config, pixel_values_for
 
 
 HYBRID_VARIANTS_UNDER_TEST = {

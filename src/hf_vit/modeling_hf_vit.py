@@ -106,7 +106,9 @@ def sincos_2d_position_embeddings(grid: tuple[int, int], dim: int, temperature: 
     rows, cols = grid
     quarter = dim // 4
     omega = 1.0 / temperature ** (torch.arange(quarter, dtype=torch.float64) / (quarter - 1))  # (dim/4,)
-    y, x = torch.meshgrid(torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64), indexing="ij")
+    y, x = torch.meshgrid(
+        torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64), indexing="ij"
+    )  # (rows, cols) each
     x = x.reshape(-1, 1) * omega  # (N, dim/4)
     y = y.reshape(-1, 1) * omega
     table = torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)  # (N, dim)
@@ -370,7 +372,8 @@ class ViTSelfAttention(nn.Module):
         self.num_prefix_tokens = config.num_prefix_tokens
         self.num_patches = config.num_patches
         if use_relative_positions:
-            self.relative_position_embeddings = nn.Parameter(torch.zeros(2 * config.num_patches - 1, config.hidden_size))
+            offsets = 2 * config.num_patches - 1
+            self.relative_position_embeddings = nn.Parameter(torch.zeros(offsets, config.hidden_size))
             self.prefix_relative_embeddings = (
                 nn.Parameter(torch.zeros(3, config.hidden_size)) if self.num_prefix_tokens else None
             )
@@ -636,8 +639,8 @@ class ViTPooler(nn.Module):
             pooled = hidden_states[:, 0]
         else:
             patches = hidden_states[:, self.num_prefix_tokens :]  # (B, N, D)
-            if self.pooling == "gap":  # after the final LayerNorm, as the reference code (timm averages before its norm)
-                pooled = patches.mean(dim=1)
+            if self.pooling == "gap":
+                pooled = patches.mean(dim=1)  # after the final LayerNorm, as the reference (timm: before its norm)
             elif self.pooling == "max":
                 pooled = patches.amax(dim=1)
             elif self.pooling in ("gem", "ggem"):
