@@ -29,6 +29,8 @@ def add_subcommand(subparsers) -> None:
     parser.add_argument("--fewshot", action="store_true", help="Also run few-shot linear evaluation")
     parser.add_argument("--fewshot-only", action="store_true", help="Only few-shot (models without a matching head)")
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10, 25], help="Shots per class")
+    parser.add_argument("--holdout-per-class", type=int, default=10,
+                        help="Training images per class held out to choose the ridge regulariser")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the few-shot draws")
     parser.add_argument("--on-bad-image", choices=["skip", "fail"], default="skip")
     parser.add_argument("--json", action="store_true", help="Print one JSON object instead of text")
@@ -86,9 +88,13 @@ def _run(args) -> int:
                 labels.append(batch["labels"])
         report["test"] = classification_metrics(torch.cat(logits), torch.cat(labels), with_confusion_matrix=True)
     if args.fewshot or args.fewshot_only:
-        evaluator = FewShotEvaluator(data.train, data.test, collate, shots=args.shots, seed=args.seed,
-                                     batch_size=args.batch_size)
-        report["fewshot"] = evaluator(model)
+        try:
+            evaluator = FewShotEvaluator(data.train, data.test, collate, shots=args.shots, seed=args.seed,
+                                         holdout_per_class=args.holdout_per_class, batch_size=args.batch_size)
+            report["fewshot"] = evaluator(model)
+        except ValueError as error:
+            print(f"hf-vit evaluate: {error}", file=sys.stderr)
+            return 2
 
     if args.json:
         print(json.dumps(report))

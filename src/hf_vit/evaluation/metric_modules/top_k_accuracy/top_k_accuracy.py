@@ -57,7 +57,9 @@ class TopKAccuracy(evaluate.Metric):
         if labels.min() < 0 or labels.max() >= num_classes:
             raise ValueError(f"`references` must be class indices in [0, {num_classes}); got {labels.min()}..{labels.max()}.")
         ks = [k] if isinstance(k, int) else list(k)
-        # Rank of the true class: how many classes score strictly higher (ties count in the example's favour).
-        true_scores = scores[np.arange(len(labels)), labels]
-        rank = (scores > true_scores[:, None]).sum(axis=1)
+        # Rank of the true class: classes scoring higher, plus equal-scoring classes of lower index (ties broken as
+        # argmax breaks them: a constant prediction is right for one class only, not for all).
+        true_scores = scores[np.arange(len(labels)), labels][:, None]
+        lower_index = np.arange(num_classes)[None, :] < labels[:, None]
+        rank = ((scores > true_scores) | ((scores == true_scores) & lower_index)).sum(axis=1)
         return {f"top{kk}_accuracy": float((rank < min(kk, num_classes)).mean()) for kk in ks}
