@@ -396,8 +396,11 @@ def test_truncated_and_wrong_format_files(tmp_path):
 def _random_model(**overrides):
     fields = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                   intermediate_size=64, num_labels=5)
+    from transformers.initialization import no_init_weights
+
     torch.manual_seed(0)
-    model = ViTForImageClassification(ViTConfig(**{**fields, **overrides})).eval()
+    with no_init_weights():  # every parameter is drawn below; the model's own initialisation would be wasted time
+        model = ViTForImageClassification(ViTConfig(**{**fields, **overrides})).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.1)

@@ -87,7 +87,10 @@ def load_npz(
             references = [flax_reference(path, prefix)]
             # timm's hybrids have their own GroupNorm and weight-standardisation eps: not the reference model.
             if available("timm") and not model.config.is_hybrid:
-                references.append(timm_npz_reference(str(path), model.config, info))
+                try:
+                    references.append(timm_npz_reference(str(path), model.config, info))
+                except Exception as error:  # timm's loader has its own limits; the reference forward still runs
+                    report.notes.append(f"timm's .npz loader cannot load this file ({type(error).__name__}: {error}); not compared")
             run_checks(model, references, report, str(path))
 
         model, report = convert(

@@ -91,8 +91,9 @@ def timm_npz_reference(path, config, layout: dict):
     args = timm_model_args(_without_pre_logits(config))
     if config.use_class_token and not layout.get("pos_has_prefix_row", True):
         args["no_embed_class"] = True
-    args.pop("fc_norm")
-    model = VisionTransformer(**args, fc_norm=False).eval()
+    if config.representation_size is not None:
+        args["num_classes"] = 0  # timm has no pre-logits layer: compare up to the final LayerNorm
+    model = VisionTransformer(**args).eval()
     _load_weights(model, path)
 
     @torch.no_grad()

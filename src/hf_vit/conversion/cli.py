@@ -274,7 +274,7 @@ def run(args) -> int:
             if not args.no_check:
                 _verify_written(folder, args.target_format, model, report)
             with open(os.path.join(folder, "README.md"), "w") as f:
-                f.write(model_card(model, report, args.source))
+                f.write(model_card(model, report, args.source, args.target_format))
     except (ConversionError, ValueError, OSError) as error:
         return _fail(str(error))
     print(report.summary())

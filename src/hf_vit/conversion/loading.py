@@ -25,8 +25,14 @@ from .keymap import ConversionError, ConversionReport, apply_rules
 
 
 POSITION_KEY = "vit.embeddings.position_embeddings"
-# Config fields that describe the head, which a requested label set may change.
-_HEAD_FIELDS = ("num_labels", "id2label", "label2id", "representation_size")
+# Config fields that set numerics, not shapes: a caller may pin others (e.g. timm's), the source check uses the file's.
+_NUMERICS_FIELDS = (
+    "hidden_act",
+    "layer_norm_eps",
+    "backbone_group_norm_eps",
+    "backbone_weight_standardization",
+    "backbone_weight_standardization_eps",
+)
 
 
 @contextlib.contextmanager
@@ -169,7 +175,9 @@ def convert(source, info: dict, rules_for, report: ConversionReport, config=None
     if check is not None:
         # The source's own numerics (activation, eps) even where the caller asked for others: this checks the weights.
         check_config = copy.deepcopy(file_config)
-        check_config.hidden_act, check_config.layer_norm_eps = fields["hidden_act"], fields["layer_norm_eps"]
+        for name in _NUMERICS_FIELDS:
+            if name in fields:
+                setattr(check_config, name, fields[name])
         model, _ = instantiate(check_config, state_dict)  # shares the tensors: no copy
         check(model)
         del model

@@ -42,7 +42,25 @@ def atomic_folder(out_dir, overwrite: bool = False):
         raise
 
 
-def model_card(model, report, source_name: str) -> str:
+# How to load the written folder, per target format.
+_USAGE = {
+    "hf_vit": [
+        "import hf_vit  # or pass trust_remote_code=True where hf_vit is not installed",
+        "from transformers import pipeline",
+        'classifier = pipeline("image-classification", model="<this folder>")',
+    ],
+    "transformers": [
+        "from transformers import pipeline  # stock transformers' ViT",
+        'classifier = pipeline("image-classification", model="<this folder>")',
+    ],
+    "timm": [
+        "import timm",
+        'model = timm.create_model("local-dir:<this folder>", pretrained=True)',
+    ],
+}
+
+
+def model_card(model, report, source_name: str, target: str = "hf_vit") -> str:
     """A short README.md stub naming the source of the weights and how the conversion was checked."""
     config = model.config
     height, width = config.image_hw
@@ -50,17 +68,18 @@ def model_card(model, report, source_name: str) -> str:
     labels = f"{config.num_labels} classes" if config.num_labels else "no classifier (features)"
     lines = [
         "---",
-        "library_name: transformers",
+        f"library_name: {'timm' if target == 'timm' else 'transformers'}",
         "pipeline_tag: image-classification" if config.num_labels else "pipeline_tag: image-feature-extraction",
         "tags:",
-        "- hf_vit",
+        f"- {target}",
         "- vision-transformer",
         "- converted",
         "---",
         "",
         f"# {os.path.basename(source_name.rstrip('/'))} (hf_vit)",
         "",
-        f"A Vision Transformer converted with `hf-vit convert` from `{os.path.basename(source_name.rstrip('/'))}` "
+        f"A Vision Transformer converted with `hf-vit convert` ({target} format) from "
+        f"`{os.path.basename(source_name.rstrip('/'))}` "
         f"({report.format}{', ' + report.layout if report.layout else ''}). The weights are the source's; their "
         "license and citation are the source's too.",
         "",
@@ -76,15 +95,7 @@ def model_card(model, report, source_name: str) -> str:
         lines.append(f"- source head dropped, new zero-initialised classifier ({len(report.dropped_keys)} arrays dropped)")
     for name, value in report.max_abs_difference.items():
         lines.append(f"- max abs difference vs {name}: {value:.3g}")
-    lines += [
-        "",
-        "```python",
-        "import hf_vit  # or pass trust_remote_code=True where hf_vit is not installed",
-        "from transformers import pipeline",
-        'classifier = pipeline("image-classification", model="<this folder>")',
-        "```",
-        "",
-    ]
+    lines += ["", "```python", *_USAGE[target], "```", ""]
     return "\n".join(lines)
 
 
