@@ -1,5 +1,6 @@
-"""A ViT-H/14-sized checkpoint (632M parameters, 2.5 GB in fp32) converts within 2x its size of memory, is saved as
-sharded safetensors and loads back lazily (marker `slow`: it writes ~5 GB and runs an H/14 forward)."""
+"""Large checkpoints (marker `slow`): a ViT-H/14-sized one (632M parameters, 2.5 GB in fp32) converts within 2x its
+size of memory, is saved as sharded safetensors and loads back lazily (it writes ~5 GB and runs an H/14 forward); an
+R50+ViT-B/16-shaped hybrid reproduces the reference forward."""
 
 import json
 import os
@@ -13,7 +14,9 @@ import torch
 
 from hf_vit.conversion import jax_reference
 
-from .test_conversion import BLOCK_NAMES, images_for, max_diff
+from hf_vit.conversion import load_npz
+
+from .test_conversion import BLOCK_NAMES, images_for, max_diff, reference_outputs, vit_jax_arrays, write_npz
 
 
 pytestmark = pytest.mark.slow
@@ -115,4 +118,19 @@ def test_h14_converts_within_twice_its_size_and_loads_back_lazily(tmp_path):
     with torch.no_grad():
         difference = max_diff(model(pixel_values).logits, expected["logits"])
     print(f"H/14 logits vs the reference forward: max abs difference {difference:.3g}")
+    assert difference < 1e-4
+
+
+def test_r50_b16_shaped_hybrid_reproduces_the_reference(tmp_path):
+    # The reference R50+ViT-B/16: ResNet stages (3, 4, 9), width 64, 1x1 patches on the 14x14 feature map.
+    arrays = vit_jax_arrays(layers=12, width=768, heads=12, mlp=3072, patch=1, grid=14, num_classes=10,
+                            resnet=((3, 4, 9), 64), scale=0.02)
+    model, report = load_npz(write_npz(tmp_path / "R50+ViT-B_16.npz", arrays), output_loading_info=True)
+    assert report.unused_keys == []
+    assert model.config.backbone_depths == [3, 4, 9] and model.config.image_size == 224
+    pixel_values = images_for(model.config, batch=1)
+    expected = reference_outputs(arrays, pixel_values)["logits"]
+    with torch.no_grad():
+        difference = max_diff(model(pixel_values).logits, expected)
+    print(f"R50+B/16 logits vs the reference forward: max abs difference {difference:.3g}")
     assert difference < 1e-4
