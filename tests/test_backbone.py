@@ -16,7 +16,7 @@ class TestViTBackbone(ModelTesterMixin):
     variants = {
         "default": {},  # the last block
         "stages": {"out_features": ["stem", "stage1", "stage2"]},
-        "hybrid_relative": {**TINY_HYBRID, "position_embedding_type": "relative", "out_indices": [1, 2]},
+        "hybrid": {**TINY_HYBRID, "out_indices": [1, 2]},
     }
     has_labels = False
 
