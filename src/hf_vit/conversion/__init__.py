@@ -13,7 +13,7 @@ framework, `writing` the complete hf_vit folder (`hf-vit convert`).
 from __future__ import annotations
 
 from . import big_vision, timm_format, vit_jax
-from .checks import available, flax_reference, run_checks, timm_npz_reference, timm_state_dict_reference, transformers_reference
+from .checks import available, flax_reference, run_checks, timm_npz_reference, timm_state_dict_reference
 from .keymap import ConversionError, ConversionReport
 from .loading import convert
 from .sources import NpzSource, PrefixedView, StateDictSource
@@ -90,7 +90,8 @@ def load_npz(
                 try:
                     references.append(timm_npz_reference(str(path), model.config, info))
                 except Exception as error:  # timm's loader has its own limits; the reference forward still runs
-                    report.notes.append(f"timm's .npz loader cannot load this file ({type(error).__name__}: {error}); not compared")
+                    reason = f"{type(error).__name__}: {error}"
+                    report.notes.append(f"timm's .npz loader cannot load this file ({reason}); not compared")
             run_checks(model, references, report, str(path))
 
         model, report = convert(

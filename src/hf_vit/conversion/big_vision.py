@@ -130,7 +130,8 @@ def key_map(config, prefix: str, layout: dict) -> list[Rule]:
         rules.append(rule("vit.embeddings.cls_token", f"{prefix}cls"))
     if layout["scanned"]:
         # Key by key, layer by layer: each stacked array is read once (see `apply_rules`).
-        per_layer = [encoder_block_rules(i, f"{prefix}Transformer/encoderblock/", modules, index=i) for i in range(config.num_hidden_layers)]
+        block = f"{prefix}Transformer/encoderblock/"
+        per_layer = [encoder_block_rules(i, block, modules, index=i) for i in range(config.num_hidden_layers)]
         rules += [layer_rules[j] for j in range(len(per_layer[0])) for layer_rules in per_layer]
     else:
         for layer in range(config.num_hidden_layers):

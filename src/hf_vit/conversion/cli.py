@@ -35,7 +35,8 @@ def add_subcommand(subparsers) -> None:
                         "original code), 'timm' (bilinear, half-pixel) or 'bicubic'")
     labels = parser.add_mutually_exclusive_group()
     labels.add_argument("--num-labels", type=int, metavar="K", help="New zero-initialised head with K classes")
-    labels.add_argument("--id2label", metavar="FILE", help="JSON file with the class names ({\"0\": \"cat\", ...} or a list)")
+    labels.add_argument("--id2label", metavar="FILE",
+                        help="JSON file with the class names ({\"0\": \"cat\", ...} or a list)")
     parser.add_argument("--keep-pre-logits", action="store_true", help="With a new head, keep the tanh pre-logits layer")
     parser.add_argument("--source-image-size", type=int, nargs=2, metavar=("H", "W"),
                         help="Resolution SRC was trained at (needed only for non-square grids)")
@@ -44,7 +45,8 @@ def add_subcommand(subparsers) -> None:
     parser.add_argument("--allow-pickle", action="store_true", help="Allow reading .pth/.bin pickle checkpoints")
     parser.add_argument("--no-check", action="store_true", help="Skip the numerical checks (large models, low memory)")
     parser.add_argument("--max-shard-size", default="2GB", help="Safetensors shard size (default: 2GB)")
-    parser.add_argument("--overwrite", action="store_true", help="Replace a non-empty OUT (only once the new one is complete)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Replace a non-empty OUT (only once the new one is complete)")
     parser.set_defaults(run=run)
 
 
@@ -116,7 +118,9 @@ def read_id2label(path) -> dict[int, str]:
     except ValueError:
         raise ValueError(f"--id2label {path}: keys must be class indices (\"0\", \"1\", ...).") from None
     if sorted(mapping) != list(range(len(mapping))):
-        raise ValueError(f"--id2label {path}: indices must be 0..{len(mapping) - 1} without gaps, got {sorted(mapping)[:10]}.")
+        raise ValueError(
+            f"--id2label {path}: indices must be 0..{len(mapping) - 1} without gaps, got {sorted(mapping)[:10]}."
+        )
     return mapping
 
 
@@ -131,7 +135,9 @@ def _load(args, source_format, overrides):
     if source_format == "npz":
         return load_npz(args.source, keep_pre_logits=args.keep_pre_logits, **common, **overrides)
     if source_format == "timm":
-        return load_timm(args.source, num_attention_heads=args.num_heads, allow_pickle=args.allow_pickle, **common, **overrides)
+        return load_timm(
+            args.source, num_attention_heads=args.num_heads, allow_pickle=args.allow_pickle, **common, **overrides
+        )
     if source_format == "transformers":
         return load_transformers(args.source, allow_pickle=args.allow_pickle, **common, **overrides)
     # An hf_vit folder, to export elsewhere (or at another resolution / with another head).
@@ -144,7 +150,8 @@ def _load(args, source_format, overrides):
     if image_size is not None:
         old = tuple(model.config.grid_size)
         model.resize_position_embeddings(image_size)
-        how = f"{model.config.position_embedding_interpolation}, align_corners={model.config.position_embedding_align_corners}"
+        config = model.config
+        how = f"{config.position_embedding_interpolation}, align_corners={config.position_embedding_align_corners}"
         report.resampled_position_embeddings = (old, tuple(model.config.grid_size), how)
     return model.eval(), report
 

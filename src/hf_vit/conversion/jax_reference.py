@@ -122,7 +122,8 @@ def _conv_same(ops, x, kernel, stride):
 def _max_pool_same(ops, x, window=3, stride=2):
     """Flax `nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")`: padding never wins the max."""
     if ops.backend == "jax":
-        return ops.jax.lax.reduce_window(x, -np.inf, ops.jax.lax.max, (1, window, window, 1), (1, stride, stride, 1), "SAME")
+        lax = ops.jax.lax
+        return lax.reduce_window(x, -np.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1), "SAME")
     pad = [(0, 0), _same_padding(x.shape[1], window, stride), _same_padding(x.shape[2], window, stride), (0, 0)]
     padded = np.pad(x, pad, constant_values=-np.inf)
     windows = np.lib.stride_tricks.sliding_window_view(padded, (window, window), axis=(1, 2))[:, ::stride, ::stride]

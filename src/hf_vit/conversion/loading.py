@@ -73,7 +73,8 @@ def instantiate(config: ViTConfig, state_dict: dict[str, torch.Tensor]) -> tuple
             continue
         for name in metas:
             old = module._parameters[name]
-            module._parameters[name] = nn.Parameter(torch.empty(old.shape, dtype=old.dtype), requires_grad=old.requires_grad)
+            fresh_tensor = torch.empty(old.shape, dtype=old.dtype)
+            module._parameters[name] = nn.Parameter(fresh_tensor, requires_grad=old.requires_grad)
             fresh.append(f"{module_name}.{name}" if module_name else name)
         model._init_weights(module)
     return model.eval(), fresh

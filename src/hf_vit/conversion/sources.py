@@ -106,8 +106,10 @@ class NpzSource:
             try:
                 with self._open(key) as f:
                     version = np.lib.format.read_magic(f)
-                    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                    shape, _, dtype = read_header(f)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                    else:
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
             except (ValueError, EOFError, OSError, zlib.error, zipfile.BadZipFile) as error:
                 raise self._damaged(key, error) from None
             self._headers[key] = (tuple(shape), dtype)
@@ -172,7 +174,8 @@ class StateDictSource:
             for shard in shards:
                 self._open_safetensors(os.path.join(self.path, shard))
         else:
-            pickles = [n for n in ("pytorch_model.bin", "open_clip_pytorch_model.bin") if os.path.isfile(os.path.join(self.path, n))]
+            names = ("pytorch_model.bin", "open_clip_pytorch_model.bin")
+            pickles = [n for n in names if os.path.isfile(os.path.join(self.path, n))]
             if not pickles:
                 raise ConversionError(
                     f"{self.path} holds no weights: expected model.safetensors, model.safetensors.index.json or "
@@ -193,7 +196,8 @@ class StateDictSource:
             try:
                 loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             except Exception as error:  # torch raises many types for damaged pickles
-                raise ConversionError(f"{path}: cannot read this PyTorch checkpoint ({type(error).__name__}: {error}).") from None
+                reason = f"{type(error).__name__}: {error}"
+                raise ConversionError(f"{path}: cannot read this PyTorch checkpoint ({reason}).") from None
             for wrapper in ("model", "state_dict", "model_ema"):
                 if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
                     loaded = loaded[wrapper]

@@ -80,7 +80,7 @@ def backbone_rules(config) -> list[Rule]:
     for stage, depth in enumerate(config.backbone_depths):
         for unit in range(depth):
             a, b = f"{ours}stages.{stage}.units.{unit}.", f"{theirs}stages.{stage}.blocks.{unit}."
-            names = [("conv1", "conv1"), ("norm1", "norm1"), ("conv2", "conv2"), ("norm2", "norm2"), ("conv3", "conv3"), ("norm3", "norm3")]
+            names = [(n, n) for n in ("conv1", "norm1", "conv2", "norm2", "conv3", "norm3")]
             if unit == 0:
                 names = [("shortcut.conv", "downsample.conv"), ("shortcut.norm", "downsample.norm"), *names]
             for our_name, their_name in names:
@@ -99,7 +99,8 @@ def key_map(config, pos_has_prefix_row: bool = True) -> list[Rule]:
     if pos_has_prefix_row or config.num_prefix_tokens == 0:
         rules.append(_pair("vit.embeddings.position_embeddings", "pos_embed"))
     else:
-        rules.append(rule("vit.embeddings.position_embeddings", "pos_embed", position_embeddings_with_zero_prefix(config.num_prefix_tokens)))
+        padded = position_embeddings_with_zero_prefix(config.num_prefix_tokens)
+        rules.append(rule("vit.embeddings.position_embeddings", "pos_embed", padded))
     if config.use_class_token:
         rules.append(_pair("vit.embeddings.cls_token", "cls_token"))
     params = ("weight", "bias")
@@ -263,7 +264,9 @@ def timm_model_args(config) -> dict:
     if config.pooling not in ("cls", "gap"):
         raise ValueError(f"`pooling` {config.pooling!r} does not export to timm (allowed: 'cls', 'gap').")
     if config.position_embedding_type != "learned_1d":
-        raise ValueError(f"`position_embedding_type` {config.position_embedding_type!r} does not export to timm (allowed: 'learned_1d').")
+        raise ValueError(
+            f"`position_embedding_type` {config.position_embedding_type!r} does not export to timm (allowed: 'learned_1d')."
+        )
     if config.hidden_act not in ACTIVATIONS:
         raise ValueError(f"`hidden_act` {config.hidden_act!r} has no timm act_layer (allowed: {sorted(ACTIVATIONS)}).")
     if config.layer_norm_eps != 1e-6:

@@ -93,7 +93,9 @@ def transformers_config(config):
     if config.pooling != "cls" or not config.use_class_token:
         raise ValueError(f"`pooling` is {config.pooling!r}: transformers' ViT pools the class token only ('cls').")
     if config.position_embedding_type != "learned_1d":
-        raise ValueError(f"`position_embedding_type` {config.position_embedding_type!r}: transformers' ViT has 'learned_1d' only.")
+        raise ValueError(
+            f"`position_embedding_type` {config.position_embedding_type!r}: transformers' ViT has 'learned_1d' only."
+        )
     if config.representation_size is not None and config.num_labels > 0:
         raise ValueError(
             f"`representation_size` is {config.representation_size} and `num_labels` {config.num_labels}: transformers' "
@@ -103,7 +105,9 @@ def transformers_config(config):
     height, width = config.image_hw
     patch_h, patch_w = config.patch_hw
     if height != width or patch_h != patch_w:
-        raise ValueError(f"`image_size` {config.image_size} / `patch_size` {config.patch_size}: transformers' ViT is square only.")
+        raise ValueError(
+            f"`image_size` {config.image_size} / `patch_size` {config.patch_size}: transformers' ViT is square only."
+        )
     fields = dict(
         hidden_size=config.hidden_size,
         num_hidden_layers=config.num_hidden_layers,
@@ -145,11 +149,15 @@ def save_transformers_vit(model, save_directory, max_shard_size="5GB") -> None:
         tensors = {k[len("vit.") :]: v for k, v in tensors.items() if k.startswith("vit.")}
     os.makedirs(save_directory, exist_ok=True)
     config.save_pretrained(save_directory)
-    split = split_torch_state_dict_into_shards(tensors, filename_pattern="model{suffix}.safetensors", max_shard_size=max_shard_size)
+    split = split_torch_state_dict_into_shards(
+        tensors, filename_pattern="model{suffix}.safetensors", max_shard_size=max_shard_size
+    )
     for filename, names in split.filename_to_tensors.items():
-        save_file({n: tensors[n].contiguous() for n in names}, os.path.join(save_directory, filename), metadata={"format": "pt"})
+        shard = {n: tensors[n].contiguous() for n in names}
+        save_file(shard, os.path.join(save_directory, filename), metadata={"format": "pt"})
     if split.is_sharded:
-        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())}, "weight_map": split.tensor_to_filename}
+        total = sum(t.numel() * t.element_size() for t in tensors.values())
+        index = {"metadata": {"total_size": total}, "weight_map": split.tensor_to_filename}
         with open(os.path.join(save_directory, "model.safetensors.index.json"), "w") as f:
             json.dump(index, f, indent=2)
 

@@ -76,6 +76,7 @@ NUMBERINGS = {
     },
 }
 
+_QKV = ("query", "key", "value")
 _BLOCK = re.compile(r"^Transformer/encoderblock_(\d+)/")
 _RESNET_UNIT = re.compile(r"^block(\d+)/unit(\d+)/")
 
@@ -110,8 +111,8 @@ def encoder_block_rules(layer: int, block: str, modules: dict, index: int | None
     return [
         rule(target + "layernorm_before.weight", f"{block}{modules['norm1']}/scale", index=index),
         rule(target + "layernorm_before.bias", f"{block}{modules['norm1']}/bias", index=index),
-        rule(target + "attention.qkv.weight", [f"{attention}{n}/kernel" for n in ("query", "key", "value")], qkv_kernel, index),
-        rule(target + "attention.qkv.bias", [f"{attention}{n}/bias" for n in ("query", "key", "value")], qkv_bias, index),
+        rule(target + "attention.qkv.weight", [f"{attention}{n}/kernel" for n in _QKV], qkv_kernel, index),
+        rule(target + "attention.qkv.bias", [f"{attention}{n}/bias" for n in _QKV], qkv_bias, index),
         rule(target + "attention.o_proj.weight", f"{attention}out/kernel", attention_out_kernel, index),
         rule(target + "attention.o_proj.bias", f"{attention}out/bias", index=index),
         rule(target + "layernorm_after.weight", f"{block}{modules['norm2']}/scale", index=index),
@@ -238,7 +239,7 @@ def resnet_rules(prefix: str, depths) -> list[Rule]:
     for stage, depth in enumerate(depths):
         for unit in range(depth):
             ours, theirs = f"{target}stages.{stage}.units.{unit}.", f"{prefix}block{stage + 1}/unit{unit + 1}/"
-            parts = [("conv1", "norm1", "conv1", "gn1"), ("conv2", "norm2", "conv2", "gn2"), ("conv3", "norm3", "conv3", "gn3")]
+            parts = [(f"conv{k}", f"norm{k}", f"conv{k}", f"gn{k}") for k in (1, 2, 3)]
             if unit == 0:  # the stage's first unit changes width (and stride): projection shortcut
                 parts.insert(0, ("shortcut.conv", "shortcut.norm", "conv_proj", "gn_proj"))
             for conv, norm, jax_conv, jax_norm in parts:
