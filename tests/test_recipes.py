@@ -1,4 +1,4 @@
-"""The recipes end to end (short runs), and the argument plumbing they share."""
+"""The recipes end to end (short runs), their configs, and the Accelerate launch configs."""
 
 import json
 import runpy
@@ -8,32 +8,50 @@ import pytest
 import torch
 
 from hf_vit import ViTForImageClassification, ViTImageProcessor
-from hf_vit.training import DataArguments, ModelArguments, TrainArguments, parse_recipe_args
+from hf_vit.training import (
+    DataArguments,
+    FinetuneModelArguments,
+    FinetuneTrainArguments,
+    ModelArguments,
+    TrainArguments,
+    parse_recipe_args,
+)
 from hf_vit.training.data import ImageClassificationCollator, load_digits_data
-from hf_vit.training.optim import lr_multiplier
-from hf_vit.training.transforms import random_translate
 
 
 ROOT = Path(__file__).resolve().parents[1]
-DIGITS_YAML = str(ROOT / "recipes" / "configs" / "digits.yaml")
+CONFIGS = ROOT / "recipes" / "configs"
+DIGITS_YAML = str(CONFIGS / "digits.yaml")
 
 
 def _recipe(name):
     return runpy.run_path(str(ROOT / "recipes" / name), run_name="recipe")
 
 
-@pytest.mark.recipes
-def test_main_job_recipe_runs_end_to_end(tmp_path, capsys):
-    out = tmp_path / "digits"
+@pytest.fixture(scope="module")
+def main_job(tmp_path_factory):
+    """The main job's recipe and config, for 3 epochs."""
+    out = tmp_path_factory.mktemp("runs") / "digits"
     metrics = _recipe("pretrain.py")["main"](
-        [DIGITS_YAML, "--output_dir", str(out), "--num_epochs", "3", "--report_to", "none", "--predict_examples", "3"]
+        [DIGITS_YAML, "--output_dir", str(out), "--num_epochs", "3", "--report_to", "tensorboard",
+         "--predict_examples", "3", "--fewshot_shots", "1", "5"]
     )
-    printed = capsys.readouterr().out
-    assert "held-out test accuracy" in printed and printed.count("pipeline: held-out image") == 3
-    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "modeling_hf_vit.py", "run_args.json", "eval_results.json"):
+    return out, metrics
+
+
+@pytest.mark.recipes
+def test_main_job_writes_the_run_folder(main_job, capsys):
+    out, metrics = main_job
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "modeling_hf_vit.py", "run_args.json",
+                 "eval_results.json"):
         assert (out / name).exists(), name
+    assert list((out / "logs").rglob("events.out.tfevents.*"))  # TensorBoard, Accelerate's tracker
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000060"]  # the final, resumable state
     resolved = json.loads((out / "run_args.json").read_text())
     assert resolved["num_epochs"] == 3 and resolved["hidden_size"] == 64 and resolved["dataset"] == "digits"
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["global_step"] == 60 and results["test"]["num_examples"] == 360
+    assert {"fewshot/1shot_accuracy", "fewshot/5shot_accuracy"} <= set(results["validation"])
     # The reported accuracy is the saved model's: re-evaluate the folder independently.
     model = ViTForImageClassification.from_pretrained(out).eval()
     processor = ViTImageProcessor.from_pretrained(out)
@@ -43,10 +61,67 @@ def test_main_job_recipe_runs_end_to_end(tmp_path, capsys):
         accuracy = (model(batch["pixel_values"]).logits.argmax(-1) == batch["labels"]).float().mean().item()
     assert abs(accuracy - metrics["accuracy"]) < 1e-6
     assert accuracy > 0.3  # 3 short epochs already beat chance (0.1) by far
-    assert json.loads((out / "eval_results.json").read_text())["test"]["accuracy"] == metrics["accuracy"]
+    assert results["test"]["accuracy"] == metrics["accuracy"]
 
 
-def test_yaml_then_command_line(tmp_path):
+@pytest.mark.recipes
+def test_finetune_recipe_from_the_main_jobs_model(main_job, tmp_path, capsys):
+    source, _ = main_job
+    out = tmp_path / "finetuned"
+    metrics = _recipe("finetune.py")["main"](
+        [str(CONFIGS / "digits_finetune.yaml"), "--model_name_or_path", str(source), "--output_dir", str(out),
+         "--num_epochs", "1", "--warmup_steps", "5", "--report_to", "none", "--predict_examples", "2"]
+    )
+    printed = capsys.readouterr().out
+    assert printed.count("pipeline: held-out image") == 2 and "EMA" in printed
+    config = json.loads((out / "config.json").read_text())
+    assert config["image_size"] == 24 and config["representation_size"] is None  # higher resolution, new head
+    ema = ViTForImageClassification.from_pretrained(out / "ema")  # the EMA weights load as their own model
+    assert ema.config.image_size == 24
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["test"]["accuracy"] == metrics["accuracy"] and "ema_test" in results
+    assert metrics["accuracy"] > 0.3
+    with pytest.raises(ValueError, match="model_name_or_path"):
+        _recipe("finetune.py")["main"]([str(CONFIGS / "digits_finetune.yaml"), "--model_name_or_path", ""])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Configs
+
+
+def _config_files():
+    return sorted(p for p in CONFIGS.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", _config_files(), ids=lambda p: p.name)
+def test_every_shipped_config_parses_and_has_a_header(path):
+    recipe = "finetune" if "finetune" in path.name else "pretrain"
+    types = (FinetuneModelArguments, DataArguments, FinetuneTrainArguments) if recipe == "finetune" else (
+        ModelArguments, DataArguments, TrainArguments)
+    model_args, data_args, train_args = parse_recipe_args(types, [str(path)])
+    header = path.read_text().split("\n\n")[0]
+    for word in ("Reproduces:", "Hardware:", "Command:"):
+        assert word in header, f"{path.name}: the header must say {word}"
+    assert f"recipes/{recipe}.py recipes/configs/{path.name}" in header
+    if recipe == "finetune":
+        assert model_args.model_name_or_path and train_args.optimizer == "sgd" and train_args.weight_decay == 0.0
+
+
+def test_paper_configs_hold_the_papers_settings():
+    _, _, pretrain = parse_recipe_args((ModelArguments, DataArguments, TrainArguments),
+                                       [str(CONFIGS / "vit_b16_imagenet21k_pretrain.yaml")])
+    assert (pretrain.batch_size, pretrain.learning_rate, pretrain.weight_decay, pretrain.warmup_steps) == (4096, 1e-3, 0.03, 10000)
+    assert (pretrain.num_epochs, pretrain.lr_decay, pretrain.adam_beta2, pretrain.max_grad_norm) == (90, "linear", 0.999, 1.0)
+    model_args, _, finetune = parse_recipe_args((FinetuneModelArguments, DataArguments, FinetuneTrainArguments),
+                                                [str(CONFIGS / "vit_b16_imagenet_finetune_384.yaml")])
+    assert (model_args.image_size, finetune.max_steps, finetune.batch_size, finetune.ema_decay) == (384, 20000, 512, 0.9999)
+    assert (finetune.momentum, finetune.lr_decay, finetune.learning_rate) == (0.9, "cosine", 0.03)
+    _, _, cifar = parse_recipe_args((FinetuneModelArguments, DataArguments, FinetuneTrainArguments),
+                                    [str(CONFIGS / "vit_b16_cifar10_finetune.yaml")])
+    assert (cifar.max_steps, cifar.batch_size) == (10000, 512)
+
+
+def test_yaml_then_command_line():
     model_args, data_args, train_args = parse_recipe_args(
         (ModelArguments, DataArguments, TrainArguments), [DIGITS_YAML, "--learning_rate", "0.01", "--hidden_size", "32"]
     )
@@ -61,21 +136,28 @@ def test_unknown_yaml_key_names_the_key_and_file(tmp_path):
         parse_recipe_args((ModelArguments, DataArguments, TrainArguments), [str(config)])
 
 
-def test_schedule_warms_up_then_decays():
-    values = [lr_multiplier(s, 100, 10, "linear") for s in range(100)]
-    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
-    assert values[10] == pytest.approx(1.0) and values[55] == pytest.approx(0.5) and values[-1] < 0.02
-    cosine = [lr_multiplier(s, 100, 10, "cosine") for s in range(10, 100)]
-    assert cosine[0] == pytest.approx(1.0) and cosine[45] == pytest.approx(0.5) and all(a >= b for a, b in zip(cosine, cosine[1:]))
-    with pytest.raises(ValueError, match="lr_decay"):
-        lr_multiplier(0, 10, 0, "step")
+# ---------------------------------------------------------------------------------------------------------------------
+# Accelerate launch configs (cannot run here: validated by Accelerate's own loader and launcher checks)
 
 
-def test_translation_moves_content_and_keeps_shape():
-    image = torch.zeros(1, 3, 16, 16)
-    image[:, :, 6:10, 6:10] = 1.0
-    generator = torch.Generator().manual_seed(0)
-    shifted = [random_translate(image, generator=generator) for _ in range(20)]
-    assert all(s.shape == image.shape for s in shifted)
-    assert all(s.sum() == image.sum() for s in shifted)  # the square stays whole (shift <= 2 px, 6 px margin)
-    assert any(not torch.equal(s, image) for s in shifted)
+@pytest.mark.parametrize("path", sorted((CONFIGS / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
+def test_accelerate_configs_are_valid_for_accelerate(path):
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    config = load_config_from_file(str(path))  # rejects unknown keys and unknown distributed types
+    assert config.num_processes == 8 and config.mixed_precision == "bf16"
+    args = launch_command_parser().parse_args(["--config_file", str(path), "recipes/pretrain.py"])
+    _validate_launch_command(args)
+    if config.distributed_type == "FSDP":
+        import hf_vit.modeling_hf_vit as modeling
+
+        from accelerate.utils.launch import prepare_multi_gpu_env
+
+        env = prepare_multi_gpu_env(args)
+        assert env["FSDP_VERSION"] == "2"
+        for name in env["FSDP_TRANSFORMER_CLS_TO_WRAP"].split(","):
+            assert hasattr(modeling, name), f"FSDP wraps {name}, which hf_vit does not define"
+    if config.distributed_type == "DEEPSPEED":
+        assert config.deepspeed_config["gradient_clipping"] == 1.0
+        assert config.deepspeed_config["gradient_accumulation_steps"] == 1
