@@ -61,6 +61,27 @@ def make_accelerator(args) -> Accelerator:
     )
 
 
+def _check_distributed_setup(accelerator, args, accumulation) -> None:
+    """Combinations the loop cannot honour under a sharding engine, refused before any work is done."""
+    from accelerate.utils import DistributedType
+
+    kind = accelerator.distributed_type
+    sharded_params = kind == DistributedType.FSDP or (
+        kind == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3
+    )
+    if args.ema_decay > 0 and sharded_params:
+        raise ValueError(
+            f"`ema_decay` needs every process to hold whole parameters; under {kind.value} (sharded parameters) the "
+            "average cannot be kept. Use DDP or DeepSpeed ZeRO-1/2 for Polyak averaging, or set ema_decay 0."
+        )
+    if kind == DistributedType.DEEPSPEED and accumulation > 1:
+        raise ValueError(
+            f"DeepSpeed steps on every backward: set `max_device_batch_size` to batch_size / processes "
+            f"({args.batch_size // accelerator.num_processes}) so the loop does not accumulate ({accumulation} "
+            "micro-batches now), and let DeepSpeed's own gradient_accumulation_steps do it if needed."
+        )
+
+
 def _to_device(batch, device):
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -91,6 +112,7 @@ def train(
     accelerator = accelerator or make_accelerator(args)
     set_seed(args.seed)
     device_batch, accumulation = batch_plan(args.batch_size, accelerator.num_processes, args.max_device_batch_size)
+    _check_distributed_setup(accelerator, args, accumulation)
     streaming = not hasattr(train_dataset, "__len__")
     if streaming and args.max_steps <= 0:
         raise ValueError("`max_steps` must be set when streaming: a stream's length is unknown.")
