@@ -95,6 +95,10 @@ class ModelTesterMixin:
     def forward(self, model, pixel_values, **kwargs):
         return model(pixel_values, **kwargs)
 
+    def expected_logits_shape(self, config, batch_size) -> tuple:
+        """Shape of `logits` for a batch at the config's resolution (a head with another output overrides it)."""
+        return (batch_size, config.num_labels)
+
     def loss_of(self, model, pixel_values, config):
         if self.has_labels:
             return self.forward(model, pixel_values, labels=labels_for(config, pixel_values.shape[0])).loss
@@ -114,7 +118,7 @@ class ModelTesterMixin:
             out = self.forward(model, pixel_values)
         main = first_tensor(out)
         if hasattr(out, "logits"):
-            assert main.shape == (3, config.num_labels)
+            assert main.shape == self.expected_logits_shape(config, 3)
         elif hasattr(out, "feature_maps"):
             assert len(out.feature_maps) == len(config.out_features)
             assert all(f.shape == (3, config.hidden_size, *config.grid_size) for f in out.feature_maps)

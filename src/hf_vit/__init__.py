@@ -11,6 +11,7 @@ from transformers import (
     AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
+    AutoModelForMaskedImageModeling,
 )
 from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPING
 
@@ -19,6 +20,7 @@ from .image_processing_hf_vit import ViTImageProcessor
 from .modeling_hf_vit import (
     ViTBackbone,
     ViTForImageClassification,
+    ViTForMaskedPatchPrediction,
     ViTModel,
     ViTPreTrainedModel,
     resample_position_embeddings,
@@ -32,6 +34,9 @@ def _register():
     AutoModel.register(ViTConfig, ViTModel, exist_ok=True)
     AutoModelForImageClassification.register(ViTConfig, ViTForImageClassification, exist_ok=True)
     AutoBackbone.register(ViTConfig, ViTBackbone, exist_ok=True)
+    # The paper's masked patch prediction is hf_vit's masked-image-modeling head (transformers' SimMIM has the slot
+    # for its own ViT).
+    AutoModelForMaskedImageModeling.register(ViTConfig, ViTForMaskedPatchPrediction, exist_ok=True)
     AutoImageProcessor.register(
         ViTConfig, image_processor_classes={"pil": ViTImageProcessor, "torchvision": ViTImageProcessor}, exist_ok=True
     )
@@ -44,6 +49,7 @@ def _register():
     ViTModel.register_for_auto_class("AutoModel")
     ViTForImageClassification.register_for_auto_class("AutoModelForImageClassification")
     ViTBackbone.register_for_auto_class("AutoBackbone")
+    ViTForMaskedPatchPrediction.register_for_auto_class("AutoModelForMaskedImageModeling")
     ViTImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 
@@ -55,6 +61,7 @@ __all__ = [
     "ViTBackbone",
     "ViTConfig",
     "ViTForImageClassification",
+    "ViTForMaskedPatchPrediction",
     "ViTImageProcessor",
     "ViTModel",
     "ViTPreTrainedModel",

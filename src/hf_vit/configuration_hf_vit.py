@@ -36,6 +36,9 @@ POSITION_EMBEDDING_TYPES = ("learned_1d", "none", "learned_2d", "relative", "sin
 GRID_BOUND_POSITION_TYPES = ("learned_1d", "learned_2d", "relative")
 INTERPOLATION_MODES = ("bilinear", "bicubic")
 WEIGHT_STANDARDIZATION_STYLES = ("std_plus_eps", "sqrt_var_plus_eps")
+# Masked patch prediction targets (appendix B.1.2): 3-bit mean colour (the paper's), 4x4 sub-patch 3-bit colours,
+# or L2 regression of the patch's pixels.
+MPP_TARGETS = ("mean_color", "downsampled", "pixels")
 # The paper's names for the pooling ("classifier" in the reference code) map onto `pooling`.
 _CLASSIFIER_ALIASES = {"token": "cls", "gap": "gap"}
 
@@ -139,6 +142,11 @@ class ViTConfig(BackboneConfigMixin, PreTrainedConfig):
             `(w - mean) / sqrt(var + eps)`.
         backbone_weight_standardization_eps (`float`, *optional*, defaults to 1e-5):
             The eps of the weight standardisation: 1e-5 in the reference code, 1e-8 in timm and transformers.
+        mpp_target (`str`, *optional*, defaults to `"mean_color"`):
+            For `ViTForMaskedPatchPrediction` (appendix B.1.2): what each corrupted patch predicts, which fixes the
+            head's shape: `"mean_color"` (its mean colour, each channel quantised to 3 bits: 512 classes for RGB, the
+            paper's), `"downsampled"` (the patch pooled to 4x4 sub-patches, 16 predictions of 512 colours) or
+            `"pixels"` (L2 regression of the patch's values). The other model classes ignore it.
         out_features (`list[str]`, *optional*), out_indices (`list[int]`, *optional*):
             For `ViTBackbone`: which stages give feature maps, by name (`"stem"` = the embeddings, `"stage{i}"` =
             the output of block i) or index. Defaults to the last block.
@@ -186,6 +194,7 @@ class ViTConfig(BackboneConfigMixin, PreTrainedConfig):
         backbone_group_norm_eps=1e-6,
         backbone_weight_standardization="std_plus_eps",
         backbone_weight_standardization_eps=1e-5,
+        mpp_target="mean_color",
         **kwargs,
     ):
         classifier = kwargs.pop("classifier", None)
@@ -224,6 +233,7 @@ class ViTConfig(BackboneConfigMixin, PreTrainedConfig):
         self.backbone_group_norm_eps = backbone_group_norm_eps
         self.backbone_weight_standardization = backbone_weight_standardization
         self.backbone_weight_standardization_eps = backbone_weight_standardization_eps
+        self.mpp_target = mpp_target
         # ViTBackbone's stage selection (transformers' BackboneConfigMixin); None until chosen, so a plain config's
         # JSON does not change. `stage_names` is derived from the depth (a property).
         out_features, out_indices = kwargs.pop("out_features", None), kwargs.pop("out_indices", None)
@@ -361,6 +371,7 @@ class ViTConfig(BackboneConfigMixin, PreTrainedConfig):
         _check_choice("pooling", self.pooling, POOLING_TYPES)
         _check_choice("position_embedding_type", self.position_embedding_type, POSITION_EMBEDDING_TYPES)
         _check_choice("position_embedding_interpolation", self.position_embedding_interpolation, INTERPOLATION_MODES)
+        _check_choice("mpp_target", self.mpp_target, MPP_TARGETS)
         for name in ("qkv_bias", "use_class_token", "head_zero_init", "position_embedding_align_corners"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")

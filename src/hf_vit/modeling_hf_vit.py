@@ -6,6 +6,7 @@ import math
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,7 @@ from transformers.modeling_outputs import (
     BaseModelOutputWithPooling,
     ImageClassifierOutput,
 )
+from transformers.utils import ModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import logging
 
@@ -710,6 +712,9 @@ class ViTPreTrainedModel(PreTrainedModel):
                 init.normal_(module.prefix_relative_embeddings, std=self.config.initializer_range)
         elif isinstance(module, ViTPooler) and hasattr(module, "gem_p"):
             init.constant_(module.gem_p, module.gem_p_init)
+        elif isinstance(module, ViTForMaskedPatchPrediction):
+            # NOTE: the paper gives no initialisation for the [mask] embedding; BERT's N(0, 0.02), as the positions.
+            init.normal_(module.mask_token, std=self.config.initializer_range)
         elif isinstance(module, ViTMAPHead):
             # big_vision: xavier_uniform over the (1, 1, D) probe, i.e. fan_in 1, fan_out D.
             bound = math.sqrt(6.0 / (1 + module.probe.shape[-1]))
@@ -826,6 +831,7 @@ AUTO_MAP = {
     "AutoModel": "modeling_hf_vit.ViTModel",
     "AutoModelForImageClassification": "modeling_hf_vit.ViTForImageClassification",
     "AutoBackbone": "modeling_hf_vit.ViTBackbone",
+    "AutoModelForMaskedImageModeling": "modeling_hf_vit.ViTForMaskedPatchPrediction",
     "AutoImageProcessor": "image_processing_hf_vit.ViTImageProcessor",
 }
 
@@ -1096,9 +1102,195 @@ class ViTBackbone(BackboneMixin, ViTPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# Masked patch prediction (section 4.6, appendix B.1.2)
+
+# Corruption kinds of a plan (hf_vit.training.masking draws plans with the same codes).
+MASK, REPLACE, KEEP = 0, 1, 2
+MPP_COLOR_BITS = 3  # the paper's 3-bit colours: 8 levels per channel
+MPP_SUB_PATCHES = 16  # "downsampled": a 4x4 grid of sub-patches
+
+
+@dataclass
+class MaskedPatchPredictionOutput(ModelOutput):
+    """
+    loss: the objective on the corrupted positions (cross-entropy, or mean squared error for "pixels").
+    logits: the predictions at the corrupted positions: (B, M, 512) for "mean_color", (B, M, 16, 512) for
+        "downsampled", (B, M, C * P * P) for "pixels" (every patch instead of M when no plan is given).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class ViTForMaskedPatchPrediction(ViTPreTrainedModel):
+    r"""
+    ViT with the paper's self-supervised objective, masked patch prediction (section 4.6, appendix B.1.2): a
+    corruption plan is applied to the patch embeddings *before* the position embeddings are added (at each planned
+    position a learned `[mask]` embedding, another patch's embedding, or no change), and a linear head predicts each
+    corrupted patch's target from the encoder's output at that position; the loss covers those positions only.
+
+    The plan and the targets are drawn outside the model, by `hf_vit.training.masking.MaskedPatchCollator` (the
+    paper's 50% of the patches, 80/10/10 split, 3-bit mean colours); the model only applies them. `config.mpp_target`
+    fixes the head: "mean_color" (512 classes), "downsampled" (16 x 512) or "pixels" (C * P * P values, L2).
+
+    After pre-training, `ViTForImageClassification.from_pretrained(folder, num_labels=K, ignore_mismatched_sizes=True)`
+    keeps the encoder and puts the paper's zero-initialised fine-tuning head on it.
+
+    NOTE: not defined for hybrids: their tokens are ResNet features with overlapping receptive fields, so replacing
+    one token's embedding does not hide its patch from the model and the objective loses its meaning.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from hf_vit import ViTConfig, ViTForMaskedPatchPrediction
+    >>> config = ViTConfig(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+    ...                    intermediate_size=128)
+    >>> model = ViTForMaskedPatchPrediction(config)
+    >>> positions = torch.tensor([[0, 5, 6, 9, 12, 13, 14, 15]])  # 8 of the 16 patches
+    >>> out = model(torch.randn(1, 3, 32, 32), corrupted_positions=positions, labels=torch.randint(0, 512, (1, 8)))
+    >>> out.logits.shape
+    torch.Size([1, 8, 512])
+    ```
+    """
+
+    def __init__(self, config: ViTConfig):
+        super().__init__(config)
+        if config.is_hybrid:
+            raise ValueError(
+                "ViTForMaskedPatchPrediction needs a plain ViT (`backbone_depths=None`): a hybrid's tokens are ResNet "
+                "features with overlapping receptive fields, so masking a token's embedding does not hide its patch."
+            )
+        self.vit = ViTModel(config, add_pooling_layer=False)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.mpp_head = _declare_init(nn.Linear(config.hidden_size, self.head_width(config)), "lecun_normal")
+        self.post_init()
+
+    @staticmethod
+    def head_width(config: ViTConfig) -> int:
+        colors = (2**MPP_COLOR_BITS) ** config.num_channels
+        if config.mpp_target == "mean_color":
+            return colors
+        if config.mpp_target == "downsampled":
+            return MPP_SUB_PATCHES * colors
+        ph, pw = config.patch_hw
+        return config.num_channels * ph * pw
+
+    def corrupt(
+        self,
+        patches: torch.Tensor,
+        corrupted_positions: torch.Tensor,
+        corruption_kind: torch.Tensor | None = None,
+        replacement_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Apply a plan to (B, N, D) patch embeddings: [mask] / another patch's embedding / unchanged. -> (B, N, D)."""
+        batch, num_patches, width = patches.shape
+        positions = self._check_plan_tensor("corrupted_positions", corrupted_positions, (batch, None), num_patches)
+        shape = tuple(positions.shape)
+        if corruption_kind is None:
+            kinds = torch.full(shape, MASK, dtype=torch.long, device=patches.device)
+        else:
+            kinds = self._check_plan_tensor("corruption_kind", corruption_kind, shape, 3)
+        flat = patches.reshape(batch * num_patches, width)
+        target = (torch.arange(batch, device=patches.device)[:, None] * num_patches + positions).flatten()  # (B*M,)
+        new = torch.where(
+            (kinds == MASK).flatten()[:, None], self.mask_token.reshape(1, width).to(patches.dtype), flat[target]
+        )
+        if bool((kinds == REPLACE).any()):
+            if replacement_index is None:
+                raise ValueError("The plan replaces patches (corruption_kind == 1) but gives no `replacement_index`.")
+            sources = self._check_plan_tensor("replacement_index", replacement_index, shape, batch * num_patches)
+            new = torch.where((kinds == REPLACE).flatten()[:, None], flat[sources.flatten()], new)
+        return flat.index_copy(0, target, new).view(batch, num_patches, width)
+
+    @staticmethod
+    def _check_plan_tensor(name, value, shape, upper) -> torch.Tensor:
+        if not isinstance(value, torch.Tensor) or value.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            raise ValueError(f"`{name}` must be an integer tensor, got {type(value).__name__} {getattr(value, 'dtype', '')}.")
+        if value.ndim != 2 or value.shape[0] != shape[0] or (shape[1] is not None and value.shape[1] != shape[1]):
+            expected = f"({shape[0]}, M)" if shape[1] is None else str(shape)
+            raise ValueError(f"`{name}` must have shape {expected} (batch, corrupted positions), got {tuple(value.shape)}.")
+        if value.numel() and (int(value.min()) < 0 or int(value.max()) >= upper):
+            raise ValueError(f"`{name}` values must lie in [0, {upper}), got [{int(value.min())}, {int(value.max())}].")
+        return value.long()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        corrupted_positions: torch.Tensor | None = None,
+        corruption_kind: torch.Tensor | None = None,
+        replacement_index: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MaskedPatchPredictionOutput | tuple:
+        r"""
+        corrupted_positions (`torch.LongTensor` of shape `(batch_size, M)`):
+            Patch indices (row-major on the patch grid) to corrupt and predict. Without it nothing is corrupted and
+            the head predicts every patch (for inspection).
+        corruption_kind (`torch.LongTensor` of shape `(batch_size, M)`, *optional*):
+            0: the `[mask]` embedding; 1: the embedding at `replacement_index`; 2: unchanged. Default: all 0.
+        replacement_index (`torch.LongTensor` of shape `(batch_size, M)`, *optional*):
+            Flat index `b * N + n` of the patch embedding (of this batch, before corruption) used where the kind is 1.
+        labels (`torch.Tensor`):
+            Targets at the corrupted positions: `(batch_size, M)` class ids for "mean_color", `(batch_size, M, 16)`
+            for "downsampled", `(batch_size, M, C * P * P)` values for "pixels".
+        """
+        if pixel_values is None:
+            raise ValueError("`pixel_values` is required (a (batch, channels, height, width) float tensor).")
+        config = self.config
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = config.return_dict if return_dict is None else return_dict
+        vit = self.vit
+        weight = vit.embeddings.patch_embeddings.projection.weight
+        if pixel_values.dtype != weight.dtype:
+            pixel_values = pixel_values.to(weight.dtype)
+
+        patches, grid = vit.embeddings.embed_patches(pixel_values)  # (B, N, D), before any position information
+        if corrupted_positions is not None:
+            patches = self.corrupt(patches, corrupted_positions, corruption_kind, replacement_index)
+        embeddings = vit.embeddings.add_positions(patches, grid, bool(interpolate_pos_encoding))
+        encoded = vit.encoder(embeddings, output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        tokens = vit.layernorm(encoded.last_hidden_state)[:, config.num_prefix_tokens :]  # (B, N, D)
+        if corrupted_positions is not None:
+            index = corrupted_positions.long().to(tokens.device)[..., None].expand(-1, -1, tokens.shape[-1])
+            tokens = tokens.gather(1, index)  # (B, M, D)
+        logits = self.mpp_head(tokens)
+        if config.mpp_target == "downsampled":
+            logits = logits.view(*logits.shape[:2], MPP_SUB_PATCHES, -1)  # (B, M, 16, 512)
+
+        loss = None
+        if labels is not None:
+            labels = labels.to(logits.device)
+            if config.mpp_target == "pixels":
+                if labels.shape != logits.shape:
+                    raise ValueError(f"`labels` must have shape {tuple(logits.shape)} for 'pixels', got {tuple(labels.shape)}.")
+                loss = F.mse_loss(logits.float(), labels.float())
+            else:
+                if labels.shape != logits.shape[:-1]:
+                    raise ValueError(
+                        f"`labels` must have shape {tuple(logits.shape[:-1])} (class ids) for {config.mpp_target!r}, "
+                        f"got {tuple(labels.shape)}."
+                    )
+                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1).long())
+        output = MaskedPatchPredictionOutput(
+            loss=loss, logits=logits, hidden_states=encoded.hidden_states, attentions=encoded.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+
 __all__ = [
+    "MaskedPatchPredictionOutput",
     "ViTBackbone",
     "ViTForImageClassification",
+    "ViTForMaskedPatchPrediction",
     "ViTModel",
     "ViTPreTrainedModel",
     "resample_position_embeddings",

@@ -20,9 +20,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..configuration_hf_vit import MPP_TARGETS
 
-MASK, REPLACE, KEEP = 0, 1, 2
-MPP_TARGETS = ("mean_color", "downsampled", "pixels")
+
+MASK, REPLACE, KEEP = 0, 1, 2  # the model applies the same codes (modeling_hf_vit.ViTForMaskedPatchPrediction)
 MASKING_STRATEGIES = ("random", "attmask")
 COLOR_BITS = 3  # the paper's 3-bit colours: 8 levels per channel, 512 colours
 DOWNSAMPLED_SIDE = 4  # "downsampled" target: a 4x4 grid of sub-patches per patch
