@@ -278,6 +278,7 @@ def test_filters_of_a_plain_vit_and_not_of_a_hybrid(tiny_model, tiny_hybrid):
     filters = patch_embedding_filters(tiny_model)
     assert filters.shape == (32, 3, 8, 8)
     torch.testing.assert_close(filters, tiny_model.embeddings.patch_embeddings.projection.weight.detach())
+    torch.testing.assert_close(patch_embedding_filters(tiny_model, sum_channels=True), filters.sum(1, keepdim=True))
     with pytest.raises(ValueError, match="hybrid"):
         patch_embedding_filters(tiny_hybrid)
 
@@ -348,7 +349,7 @@ def test_cli_analyze_end_to_end(tmp_path, capsys):
     out = tmp_path / "out"
     code = main(
         ["analyze", str(model), "--images", str(tmp_path / "images"), str(extra / "img0.png"), "--out", str(out),
-         "--batch-size", "2", "--num-overlays", "2", "--no-progress"]
+         "--batch-size", "2", "--num-overlays", "2", "--no-progress", "--sum-filter-channels"]
     )
     assert code == 0
     result = json.loads((out / "analysis.json").read_text())
@@ -358,6 +359,7 @@ def test_cli_analyze_end_to_end(tmp_path, capsys):
     assert len(result["attention_rollout"]["maps"]) == 4
     assert np.array(result["position_embedding_similarity"]["cosine"]).shape == (4, 4, 4, 4)
     assert len(result["embedding_filters"]["explained_variance_ratio"]) == 28
+    assert result["embedding_filters"]["channels_summed"] is True
     assert set(result["figures"]) == {"rollout", "layers", "distance", "position", "filters"}
     for name in result["figures"].values():
         assert _png_variance(out / name) > 0, name

@@ -67,6 +67,7 @@ def run(args) -> int:
             num_overlays=args.num_overlays,
             head_fusion=args.head_fusion,
             overlay_style=args.overlay_style,
+            sum_filter_channels=args.sum_filter_channels,
             progress=not args.no_progress,
         )
     except (ImageInputError, FileNotFoundError) as error:
@@ -110,6 +111,12 @@ def add_subcommand(subparsers) -> None:
     parser.add_argument("--num-overlays", type=_positive_int, default=6, help="Images shown in the rollout figure")
     parser.add_argument("--head-fusion", choices=HEAD_FUSIONS, default="mean", help="How rollout fuses the heads")
     parser.add_argument("--overlay-style", choices=("heatmap", "mask"), default="heatmap")
+    parser.add_argument(
+        "--sum-filter-channels",
+        action="store_true",
+        help="Show the patch-embedding filters summed over the colour channels (for a model trained on greyscale "
+        "images replicated to RGB: only that sum is learned)",
+    )
     parser.add_argument(
         "--attn-implementation",
         default=None,

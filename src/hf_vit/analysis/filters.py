@@ -19,8 +19,14 @@ def _is_hybrid(config) -> bool:
 
 
 @torch.no_grad()
-def patch_embedding_filters(model) -> torch.Tensor:
-    """The D filters of the patch embedding as pixel patches: (D, C, P, P), float32."""
+def patch_embedding_filters(model, sum_channels: bool = False) -> torch.Tensor:
+    """
+    The D filters of the patch embedding as pixel patches: (D, C, P, P), float32.
+
+    `sum_channels=True` gives (D, 1, P, P): each filter summed over its colour channels, which is the filter a
+    greyscale image replicated to RGB actually sees. For a model trained on such images only that sum is learned;
+    how it splits over R, G and B stays what the initialisation made it.
+    """
     config = model.config
     if _is_hybrid(config):
         raise ValueError(
@@ -37,7 +43,8 @@ def patch_embedding_filters(model) -> torch.Tensor:
             f"The patch embedding reads {weight.shape[1]} channels but the image has {config.num_channels}: its "
             "filters are not pixel patches."
         )
-    return weight.detach().float().cpu()
+    weight = weight.detach().float().cpu()
+    return weight.sum(dim=1, keepdim=True) if sum_channels else weight
 
 
 def filter_principal_components(filters: torch.Tensor, num_components: int = 28):
@@ -62,9 +69,9 @@ def filter_principal_components(filters: torch.Tensor, num_components: int = 28)
     return vh[:k].reshape(k, *patch_shape).float(), ratio[:k].float()
 
 
-def model_filter_components(model, num_components: int = 28):
+def model_filter_components(model, num_components: int = 28, sum_channels: bool = False):
     """`filter_principal_components` of a model's patch embedding (plain ViTs only; see the module docstring)."""
-    return filter_principal_components(patch_embedding_filters(model), num_components)
+    return filter_principal_components(patch_embedding_filters(model, sum_channels), num_components)
 
 
 __all__ = ["filter_principal_components", "model_filter_components", "patch_embedding_filters"]

@@ -103,6 +103,7 @@ def analyze_images(
     renormalize: bool = True,
     overlay_style: str = "heatmap",
     num_components: int = 28,
+    sum_filter_channels: bool = False,
     progress: bool = True,
 ) -> dict:
     """
@@ -112,6 +113,8 @@ def analyze_images(
     per-head maps for the first image), the mean attention distance per layer and head over all images, the
     position-embedding similarity and the principal components of the patch-embedding filters. An analysis that
     is not defined for the model (e.g. filters of a hybrid) is skipped with its reason in the JSON.
+    `sum_filter_channels`: show the filters summed over the colour channels (for a model trained on greyscale images
+    replicated to RGB, see `patch_embedding_filters`).
     Returns the dict written to `analysis.json`.
     """
     from .plotting import (
@@ -226,11 +229,14 @@ def analyze_images(
         save("position", plot_position_similarity(similarity))
 
     try:
-        components, explained = model_filter_components(model, num_components)
+        components, explained = model_filter_components(model, num_components, sum_filter_channels)
     except ValueError as error:
         result["skipped"]["embedding_filters"] = str(error)
     else:
-        result["embedding_filters"] = {"explained_variance_ratio": _rounded(explained)}
+        result["embedding_filters"] = {
+            "explained_variance_ratio": _rounded(explained),
+            "channels_summed": sum_filter_channels,
+        }
         save("filters", plot_filter_components(components, explained))
 
     (out_dir / "analysis.json").write_text(json.dumps(result, indent=1))
