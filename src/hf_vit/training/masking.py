@@ -198,15 +198,20 @@ class MaskedPatchCollator:
         mpp_target: "mean_color" | "downsampled" | "pixels".
         augment: optional batch function `(pixel_values, generator=...) -> pixel_values` applied before the targets
             are computed (targets follow what the model sees).
-        seed: makes every plan reproducible (the same sequence of batches gives the same plans).
-        return_all_targets: also return `all_targets`, every patch's target (B, N, ...), for re-planning (AttMask).
+        seed: makes every plan reproducible (the same sequence of batches gives the same plans). When the training
+            loader gives each batch its own seed (`hf_vit.training.loader`), the plan is drawn from that instead, so a
+            resumed run draws the same plans as an uninterrupted one.
+        return_all_targets: also return `all_targets`, every patch's target (B, N, ...), and a `plan_seed`, for
+            re-planning after a teacher pass (AttMask).
+        per_batch_plans: draw each batch's plan from its content (evaluation: the same batch always gets the same
+            plan, whatever was drawn before).
 
     Targets are computed from the *unnormalised* pixels: `pixel_values * image_std + image_mean`, i.e. the image in
     [0, 1] the processor started from.
     """
 
     def __init__(self, image_processor, patch_size, mask_ratio=0.5, mask_split=(0.8, 0.1, 0.1),
-                 mpp_target="mean_color", augment=None, seed=None, return_all_targets=False):
+                 mpp_target="mean_color", augment=None, seed=None, return_all_targets=False, per_batch_plans=False):
         num_corrupted(4, mask_ratio)  # validates the ratio now
         self.split = validate_split(mask_split)
         if mpp_target not in MPP_TARGETS:
@@ -217,6 +222,8 @@ class MaskedPatchCollator:
         self.mpp_target = mpp_target
         self.augment = augment
         self.return_all_targets = return_all_targets
+        self.per_batch_plans = per_batch_plans
+        self.seed = 0 if seed is None else seed
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
     def unnormalize(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -229,18 +236,38 @@ class MaskedPatchCollator:
         std = torch.tensor(processor.image_std, dtype=pixel_values.dtype).expand(channels).view(1, -1, 1, 1)
         return pixel_values * std + mean
 
+    def _generator(self, examples, pixel_values):
+        """The batch's random source: the loader's per-batch seed (resumable runs), else a plan that depends only on
+        the batch's content (`per_batch_plans`, for evaluation), else the collator's own seeded stream."""
+        from .loader import derive_seed
+
+        seed = getattr(examples, "seed", None)
+        if seed is not None:
+            return torch.Generator().manual_seed(derive_seed("masked-patch-plan", seed)), seed
+        if self.per_batch_plans:
+            content = round(float(pixel_values.double().sum()), 3)
+            seed = derive_seed("masked-patch-plan", self.seed, len(examples), content)
+            return torch.Generator().manual_seed(seed), seed
+        return self.generator, None
+
     def __call__(self, examples) -> dict:
-        pixel_values = self.image_processor([e["image"] for e in examples], return_tensors="pt")["pixel_values"]
+        from .data import _as_image
+
+        pixel_values = self.image_processor([_as_image(e["image"]) for e in examples], return_tensors="pt")["pixel_values"]
+        generator, seed = self._generator(examples, pixel_values)
         if self.augment is not None:
-            pixel_values = self.augment(pixel_values, generator=self.generator)
+            pixel_values = self.augment(pixel_values, generator=generator)
         batch = pixel_values.shape[0]
         ph, pw = (self.patch_size, self.patch_size) if isinstance(self.patch_size, int) else tuple(self.patch_size)
         num_patches = (pixel_values.shape[2] // ph) * (pixel_values.shape[3] // pw)
-        plan = plan_corruption(batch, num_patches, self.mask_ratio, self.split, generator=self.generator)
+        plan = plan_corruption(batch, num_patches, self.mask_ratio, self.split, generator=generator)
         targets = mpp_targets(self.unnormalize(pixel_values), (ph, pw), self.mpp_target)
         out = {"pixel_values": pixel_values, **plan, "labels": gather_positions(targets, plan["corrupted_positions"])}
         if self.return_all_targets:
             out["all_targets"] = targets  # (B, N, ...): attention-guided masking re-plans positions after a teacher pass
+            # A seed for that re-planning, so it is as reproducible (and resumable) as the rest of the plan.
+            replan = seed if seed is not None else int(torch.randint(0, 2**62, (1,), generator=generator))
+            out["plan_seed"] = torch.tensor(replan, dtype=torch.long)
         return out
 
 

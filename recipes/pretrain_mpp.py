@@ -1,0 +1,24 @@
+"""Self-supervised pre-training with masked patch prediction (ViT paper, section 4.6, appendix B.1.2).
+
+Corrupt 50% of the patch embeddings (80% [mask], 10% another patch, 10% unchanged) and predict each corrupted
+patch's 3-bit mean colour; Adam (lr 2e-4 in the paper), linear warm-up, cosine decay. Labels are not used for
+training; the few-shot linear evaluation reads them. The run folder is a starting point for recipes/finetune.py.
+
+    python recipes/pretrain_mpp.py recipes/configs/fashion_mnist_mpp.yaml [--field value ...]
+    python recipes/pretrain_mpp.py CONFIG.yaml --masking attmask     # attention-guided masking (EMA teacher)
+"""
+
+import sys
+
+from hf_vit.training import DataArguments, ModelArguments, TrainArguments, parse_recipe_args
+from hf_vit.training.mpp import MaskedPatchArguments, run_masked_patch_prediction
+
+
+def main(argv=None):
+    args = parse_recipe_args((ModelArguments, DataArguments, TrainArguments, MaskedPatchArguments), argv)
+    return run_masked_patch_prediction(*args)
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
