@@ -50,7 +50,7 @@ def _load_processor(name: str, config):
 
 
 def run(args) -> int:
-    from .report import ImageInputError, analyze_images, find_images
+    from .report import analyze_images, find_images
 
     try:
         paths = find_images(args.images)
@@ -70,7 +70,7 @@ def run(args) -> int:
             sum_filter_channels=args.sum_filter_channels,
             progress=not args.no_progress,
         )
-    except (ImageInputError, FileNotFoundError) as error:
+    except (FileNotFoundError, ValueError) as error:  # bad model or images: the message names the file or field
         print(f"hf-vit analyze: {error}", file=sys.stderr)
         return 2
     for key, name in result["figures"].items():

@@ -136,6 +136,7 @@ def analyze_images(
     check_images(paths, config.num_channels)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
     model.eval()
     mean, std = image_processor.image_mean, image_processor.image_std
 
@@ -167,6 +168,7 @@ def analyze_images(
     finally:
         if bar is not None:
             bar.close()
+        model.train(was_training)
 
     mean_distance = (distance_sum / len(paths)).float()  # (L, heads)
     uniform = uniform_attention_distance(grid, config.token_pixel_size)
