@@ -8,11 +8,11 @@ __version__ = "0.1.0"
 from transformers import (
     AutoBackbone,
     AutoConfig,
-    AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForMaskedImageModeling,
 )
+from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
 from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPING
 
 from .configuration_hf_vit import HYBRID_VARIANTS, VIT_VARIANTS, ViTConfig
@@ -37,8 +37,11 @@ def _register():
     # The paper's masked patch prediction is hf_vit's masked-image-modeling head (transformers' SimMIM has the slot
     # for its own ViT).
     AutoModelForMaskedImageModeling.register(ViTConfig, ViTForMaskedPatchPrediction, exist_ok=True)
-    AutoImageProcessor.register(
-        ViTConfig, image_processor_classes={"pil": ViTImageProcessor, "torchvision": ViTImageProcessor}, exist_ok=True
+    # NOTE: straight into the mapping rather than `AutoImageProcessor.register`, which first looks the config class up
+    # by *name* and so loads transformers' own ViT processors, whose torchvision backend then warns on every import
+    # that torchvision is missing. Registering both backends replaces that lookup's result entirely anyway.
+    IMAGE_PROCESSOR_MAPPING.register(
+        ViTConfig, {"pil": ViTImageProcessor, "torchvision": ViTImageProcessor}, exist_ok=True
     )
     # pipeline() also looks for a video processor, and reads the AutoImageProcessor entry of `auto_map` as a remote
     # video processor: it would ask whether to trust remote code although hf_vit is installed. Declare that hf_vit
