@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     processor = build_processor(model_args, model)
     name = resolve_augmentation(data_args.augmentation, data.kind)
     augmentation = BatchAugmentation(name, processor.image_mean, processor.image_std, data_args.randaugment_num_ops,
-                                     data_args.randaugment_magnitude)
+                                     data_args.randaugment_magnitude, data_args.augment_max_shift)
     task = ClassificationTask(model, processor, augmentation, train_args.label_smoothing, data_args.mixup_alpha,
                               data_args.cutmix_alpha)
     batch_size, _ = batch_plan(train_args.batch_size, 1, train_args.max_device_batch_size)

@@ -161,3 +161,22 @@ def test_accelerate_configs_are_valid_for_accelerate(path):
     if config.distributed_type == "DEEPSPEED":
         assert config.deepspeed_config["gradient_clipping"] == 1.0
         assert config.deepspeed_config["gradient_accumulation_steps"] == 1
+
+
+@pytest.mark.recipes
+def test_finetune_from_a_transformers_vit_checkpoint(tmp_path, capsys):
+    from transformers import ViTConfig as TransformersViTConfig
+    from transformers import ViTForImageClassification as TransformersViT
+
+    source = tmp_path / "transformers-vit"
+    torch.manual_seed(0)
+    TransformersViT(TransformersViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2,
+                                          num_attention_heads=2, intermediate_size=64, num_labels=3)).save_pretrained(source)
+    out = tmp_path / "finetuned"
+    metrics = _recipe("finetune.py")["main"](
+        [str(CONFIGS / "digits_finetune.yaml"), "--model_name_or_path", str(source), "--output_dir", str(out),
+         "--max_steps", "4", "--warmup_steps", "1", "--report_to", "none", "--predict_examples", "0"]
+    )
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "hf_vit" and len(config["id2label"]) == 10 and config["image_size"] == 24
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["num_examples"] == 360

@@ -31,7 +31,7 @@ def run_image_classification(model_args, data_args, train_args) -> dict:
     if augmentation_name != "none" or data_args.randaugment_num_ops:
         augmentation = BatchAugmentation(
             augmentation_name, processor.image_mean, processor.image_std,
-            data_args.randaugment_num_ops, data_args.randaugment_magnitude,
+            data_args.randaugment_num_ops, data_args.randaugment_magnitude, data_args.augment_max_shift,
         )
     sizes = "streaming" if data.streaming else (
         f"{len(data.train)} train / {len(data.validation) if data.validation is not None else 0} validation / "

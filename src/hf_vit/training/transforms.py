@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 
-AUGMENTATIONS = ("none", "translate", "crop", "crop_flip", "inception_crop_flip")
+AUGMENTATIONS = ("none", "flip", "translate", "crop", "crop_flip", "inception_crop_flip")
 # "auto" picks per data-set kind: digit-like data is neither flipped nor heavily cropped.
 AUTO_AUGMENTATION = {"digits": "translate", "idx": "crop"}
 RANDAUGMENT_OPS = (
@@ -236,14 +236,18 @@ class BatchAugmentation:
     RandAugment-style options and the processor's normalisation (to know where black is).
     """
 
-    def __init__(self, name: str, image_mean, image_std, randaugment_num_ops: int = 0, randaugment_magnitude: float = 9):
+    def __init__(self, name: str, image_mean, image_std, randaugment_num_ops: int = 0, randaugment_magnitude: float = 9,
+                 max_shift: float = 0.125):
         if name not in AUGMENTATIONS:
             raise ValueError(f"`augmentation` must be one of {list(AUGMENTATIONS)}, got {name!r}.")
         if randaugment_num_ops < 0:
             raise ValueError(f"`randaugment_num_ops` must be >= 0 (0 = off), got {randaugment_num_ops}.")
         if not 0 <= randaugment_magnitude <= 10:
             raise ValueError(f"`randaugment_magnitude` must be in [0, 10], got {randaugment_magnitude}.")
+        if not 0.0 < max_shift < 0.5:
+            raise ValueError(f"`augment_max_shift` must be in (0, 0.5) (a fraction of the image size), got {max_shift}.")
         self.name = name
+        self.max_shift = max_shift
         self.image_mean, self.image_std = list(image_mean), list(image_std)
         self.randaugment_num_ops, self.randaugment_magnitude = randaugment_num_ops, randaugment_magnitude
         # The value black (pixel 0) has after the processor's normalisation: what pad-and-crop fills with.
@@ -255,10 +259,12 @@ class BatchAugmentation:
                 pixel_values, self.randaugment_num_ops, self.randaugment_magnitude, self.image_mean, self.image_std,
                 generator=generator,
             )
+        if self.name == "flip":
+            return random_flip(pixel_values, generator=generator)
         if self.name == "translate":
-            return random_translate(pixel_values, generator=generator)
+            return random_translate(pixel_values, self.max_shift, generator=generator)
         if self.name in ("crop", "crop_flip"):
-            pixel_values = random_translate(pixel_values, generator=generator, fill=self.black)
+            pixel_values = random_translate(pixel_values, self.max_shift, generator=generator, fill=self.black)
             return random_flip(pixel_values, generator=generator) if self.name == "crop_flip" else pixel_values
         if self.name == "inception_crop_flip":
             return random_resized_crop_flip(pixel_values, generator=generator)
