@@ -10,12 +10,12 @@ training; the few-shot linear evaluation reads them. The run folder is a startin
 
 import sys
 
-from hf_vit.training import DataArguments, ModelArguments, TrainArguments, parse_recipe_args
-from hf_vit.training.mpp import MaskedPatchArguments, run_masked_patch_prediction
+from hf_vit.training import DataArguments, ModelArguments, parse_recipe_args
+from hf_vit.training.mpp import MaskedPatchArguments, MaskedPatchTrainArguments, run_masked_patch_prediction
 
 
 def main(argv=None):
-    args = parse_recipe_args((ModelArguments, DataArguments, TrainArguments, MaskedPatchArguments), argv)
+    args = parse_recipe_args((ModelArguments, DataArguments, MaskedPatchTrainArguments, MaskedPatchArguments), argv)
     return run_masked_patch_prediction(*args)
 
 
