@@ -167,10 +167,16 @@ def test_streaming_imagefolder_trains_and_skips_bad_rows(tmp_path):
 
     task = ClassificationTask(tiny_model(num_labels=2), processor)
     args = TrainArguments(output_dir=str(tmp_path / "run"), report_to="none", batch_size=4, max_steps=7,
-                          eval_every_steps=-1, warmup_steps=1)
+                          eval_every_steps=-1, warmup_steps=1, save_every_steps=3, save_total_limit=0)
     result = train(task, data.train, args, eval_dataset=data.test, shuffle_buffer_size=8)
     assert result.global_step == 7  # 19 rows = 4 full batches per pass: the stream was read into a second epoch
     assert result.last_eval["num_examples"] == 4
+    # The stream's position is part of the checkpoint: resuming from step 6 continues the second pass.
+    checkpoint = str(tmp_path / "run" / "checkpoints" / "step-00000006")
+    args.resume = checkpoint
+    resumed = train(ClassificationTask(tiny_model(num_labels=2), processor), data.train, args,
+                    eval_dataset=data.test, shuffle_buffer_size=8)
+    assert resumed.resumed_from == checkpoint and resumed.global_step == 7
     with pytest.raises(ValueError, match="max_steps"):
         train(ClassificationTask(tiny_model(num_labels=2), processor), data.train,
               TrainArguments(output_dir=str(tmp_path / "run2"), report_to="none", batch_size=4))
