@@ -720,6 +720,23 @@ class ViTPreTrainedModel(PreTrainedModel):
             bound = math.sqrt(6.0 / (1 + module.probe.shape[-1]))
             init.uniform_(module.probe, -bound, bound)
 
+    def _forward_settings(self, pixel_values, output_attentions, output_hidden_states, return_dict):
+        """The prelude every forward shares: check the input, cast it to the weights' dtype, resolve the flags.
+        -> (pixel_values, output_attentions, output_hidden_states, return_dict)"""
+        if pixel_values is None:
+            raise ValueError("`pixel_values` is required (a (batch, channels, height, width) float tensor).")
+        config = self.config
+        base = getattr(self, self.base_model_prefix, self)
+        weight = base.embeddings.patch_embeddings.projection.weight
+        if pixel_values.dtype != weight.dtype:
+            pixel_values = pixel_values.to(weight.dtype)
+        return (
+            pixel_values,
+            config.output_attentions if output_attentions is None else output_attentions,
+            config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+            config.return_dict if return_dict is None else return_dict,
+        )
+
     # ----------------------------------------------------------------------------------------------------------------
     # Declarative training hints (the optimiser lives in hf_vit.training, never here).
 
@@ -891,17 +908,9 @@ class ViTModel(ViTPreTrainedModel):
             numbers for ~1/L less work (~7% at B/16), and `last_hidden_state` holds the class token only. Ignored
             when hidden states or attentions are requested, or for the other poolings (they read every token).
         """
-        if pixel_values is None:
-            raise ValueError("`pixel_values` is required (a (batch, channels, height, width) float tensor).")
-        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = (
-            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        pixel_values, output_attentions, output_hidden_states, return_dict = self._forward_settings(
+            pixel_values, output_attentions, output_hidden_states, return_dict
         )
-        return_dict = self.config.return_dict if return_dict is None else return_dict
-
-        weight = self.embeddings.patch_embeddings.projection.weight
-        if pixel_values.dtype != weight.dtype:
-            pixel_values = pixel_values.to(weight.dtype)
         embeddings = self.embeddings(pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding))
         class_token_only = (
             pooled_only and self.config.pooling == "cls" and not output_attentions and not output_hidden_states
@@ -1075,16 +1084,9 @@ class ViTBackbone(BackboneMixin, ViTPreTrainedModel):
             Images as produced by `ViTImageProcessor`; another size than `config.image_size` needs
             `interpolate_pos_encoding=True`, as for `ViTModel`.
         """
-        if pixel_values is None:
-            raise ValueError("`pixel_values` is required (a (batch, channels, height, width) float tensor).")
-        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = (
-            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        pixel_values, output_attentions, output_hidden_states, return_dict = self._forward_settings(
+            pixel_values, output_attentions, output_hidden_states, return_dict
         )
-        return_dict = self.config.return_dict if return_dict is None else return_dict
-        weight = self.embeddings.patch_embeddings.projection.weight
-        if pixel_values.dtype != weight.dtype:
-            pixel_values = pixel_values.to(weight.dtype)
         patches, grid = self.embeddings.embed_patches(pixel_values)
         embeddings = self.embeddings.add_positions(patches, grid, bool(interpolate_pos_encoding))
         encoded = self.encoder(embeddings, output_attentions=output_attentions, output_hidden_states=True)
@@ -1242,16 +1244,10 @@ class ViTForMaskedPatchPrediction(ViTPreTrainedModel):
             Targets at the corrupted positions: `(batch_size, M)` class ids for "mean_color", `(batch_size, M, 16)`
             for "downsampled", `(batch_size, M, C * P * P)` values for "pixels".
         """
-        if pixel_values is None:
-            raise ValueError("`pixel_values` is required (a (batch, channels, height, width) float tensor).")
-        config = self.config
-        output_attentions = config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        return_dict = config.return_dict if return_dict is None else return_dict
-        vit = self.vit
-        weight = vit.embeddings.patch_embeddings.projection.weight
-        if pixel_values.dtype != weight.dtype:
-            pixel_values = pixel_values.to(weight.dtype)
+        pixel_values, output_attentions, output_hidden_states, return_dict = self._forward_settings(
+            pixel_values, output_attentions, output_hidden_states, return_dict
+        )
+        config, vit = self.config, self.vit
 
         patches, grid = vit.embeddings.embed_patches(pixel_values)  # (B, N, D), before any position information
         if corrupted_positions is not None:
