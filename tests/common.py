@@ -7,6 +7,10 @@ A test module subclasses `ModelTesterMixin` and sets:
 """
 
 import copy
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -311,3 +315,37 @@ class ModelTesterMixin:
         pixel_values = pixel_values_for(config)
         with torch.no_grad():
             torch.testing.assert_close(first_tensor(self.forward(rebuilt, pixel_values)), first_tensor(self.forward(model, pixel_values)), rtol=0, atol=0)
+
+
+# ---- running code where hf_vit is not installed (remote code) --------------------------------------------------------
+
+# Prepended to a script run by `run_without_hf_vit`: any import of hf_vit fails, and the source tree is off sys.path.
+HIDE_HF_VIT = """
+import importlib.abc, json, sys
+
+class HideHfVit(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "hf_vit" or name.startswith("hf_vit."):
+            raise ImportError("hf_vit is hidden in this interpreter")
+
+sys.meta_path.insert(0, HideHfVit())
+sys.path = [p for p in sys.path if not p.rstrip("/").endswith("src")]
+try:
+    import hf_vit  # noqa: F401
+    raise SystemExit("hf_vit is importable: the test would prove nothing")
+except ImportError:
+    pass
+"""
+
+
+def run_without_hf_vit(script: str, *args, tmp_path, env=None, timeout=300) -> dict:
+    """Run `script` (after `HIDE_HF_VIT`) in a fresh interpreter where hf_vit cannot be imported, offline, with its
+    own modules cache; it must print one JSON line last, which is returned."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "HF_MODULES_CACHE": str(tmp_path / "modules"),
+           **(env or {})}
+    done = subprocess.run(
+        [sys.executable, "-c", HIDE_HF_VIT + script, *map(str, args)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

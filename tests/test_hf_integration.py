@@ -1,8 +1,6 @@
 """hf_vit everywhere a transformers model is used: Auto classes, remote code without hf_vit, pipeline, Trainer."""
 
 import json
-import os
-import subprocess
 import sys
 import textwrap
 
@@ -15,7 +13,7 @@ from PIL import Image
 from hf_vit import ViTConfig, ViTForImageClassification, ViTImageProcessor, ViTModel
 from hf_vit.evaluation import compute_accuracy
 
-from .common import TINY
+from .common import TINY, run_without_hf_vit
 
 
 LABELS = {0: "cat", 1: "dog", 2: "bird"}
@@ -58,21 +56,6 @@ def test_transformers_own_vit_still_maps_to_transformers(tmp_path):
 
 _REMOTE_SCRIPT = textwrap.dedent(
     """
-    import importlib.abc, json, sys
-
-    class HideHfVit(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "hf_vit" or name.startswith("hf_vit."):
-                raise ImportError("hf_vit is hidden in this interpreter")
-
-    sys.meta_path.insert(0, HideHfVit())
-    sys.path = [p for p in sys.path if not p.rstrip("/").endswith("src")]
-    try:
-        import hf_vit  # noqa: F401
-        raise SystemExit("hf_vit is importable: the test would prove nothing")
-    except ImportError:
-        pass
-
     import torch, transformers
     from PIL import Image
 
@@ -100,13 +83,7 @@ def test_remote_code_loads_where_hf_vit_is_not_installed(tmp_path):
     model = _saved_classifier(tmp_path / "model")
     image_path = tmp_path / "photo.png"
     _photo().resize((96, 64)).save(image_path)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    done = subprocess.run(
-        [sys.executable, "-c", _REMOTE_SCRIPT, str(tmp_path / "model"), str(image_path)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_without_hf_vit(_REMOTE_SCRIPT, tmp_path / "model", image_path, tmp_path=tmp_path)
     assert all("hf_vit." not in m and m.startswith("transformers_modules") for m in result["modules"]), result["modules"]
     # Same numbers as hf_vit in this process.
     processor = ViTImageProcessor.from_pretrained(tmp_path / "model")

@@ -9,7 +9,7 @@ import torch
 from hf_vit import HYBRID_VARIANTS, ViTConfig, ViTForImageClassification, ViTModel
 from hf_vit.modeling_resnetv2 import ResNetV2Backbone, WeightStandardizedConv2d, same_padding
 
-from .common import TINY_HYBRID, ModelTesterMixin, make_config, pixel_values_for
+from .common import TINY_HYBRID, ModelTesterMixin, make_config, pixel_values_for, run_without_hf_vit
 
 
 HYBRID_VARIANTS_UNDER_TEST = {
@@ -340,15 +340,6 @@ def test_r50_b16_matches_timm():
 # ---- remote code ---------------------------------------------------------------------------------------------------
 
 _REMOTE_HYBRID_SCRIPT = """
-import importlib.abc, json, sys
-
-class HideHfVit(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "hf_vit" or name.startswith("hf_vit."):
-            raise ImportError("hf_vit is hidden in this interpreter")
-
-sys.meta_path.insert(0, HideHfVit())
-sys.path = [p for p in sys.path if not p.rstrip("/").endswith("src")]
 import torch, transformers
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
@@ -365,23 +356,12 @@ print(json.dumps({"module": type(model).__module__, "logits": logits.tolist(), "
 
 
 def test_hybrid_with_options_loads_as_remote_code_without_hf_vit(tmp_path):
-    import json
-    import os
-    import subprocess
-    import sys
-
     config = make_config({**TINY_HYBRID, "position_embedding_type": "relative", "pooling": "map", "head_zero_init": False})
     torch.manual_seed(0)
     model = ViTForImageClassification(config).eval()
     model.save_pretrained(tmp_path / "model")
     assert (tmp_path / "model" / "modeling_resnetv2.py").exists()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    done = subprocess.run(
-        [sys.executable, "-c", _REMOTE_HYBRID_SCRIPT, str(tmp_path / "model")],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_without_hf_vit(_REMOTE_HYBRID_SCRIPT, tmp_path / "model", tmp_path=tmp_path)
     assert result["module"].startswith("transformers_modules")
     pixel_values = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
