@@ -344,7 +344,7 @@ def _write_images(folder, count, mode="RGB"):
 
 def test_cli_analyze_end_to_end(tmp_path, capsys):
     model = _save_model(tmp_path / "model")
-    images = _write_images(tmp_path / "images" / "class_a", 3)
+    _write_images(tmp_path / "images" / "class_a", 3)
     extra = _write_images(tmp_path / "more", 1, mode="L")
     out = tmp_path / "out"
     code = main(

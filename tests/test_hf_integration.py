@@ -1,7 +1,6 @@
 """hf_vit everywhere a transformers model is used: Auto classes, remote code without hf_vit, pipeline, Trainer."""
 
 import json
-import sys
 import textwrap
 
 import numpy as np

@@ -6,7 +6,6 @@ google/vit-base-patch16-224) still use the 4.x names `encoder.layer.N.attention.
 """
 
 import json
-import os
 import re
 
 import torch

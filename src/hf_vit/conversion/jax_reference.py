@@ -178,7 +178,6 @@ def _resnet(ops, x, params):
 
 def _attention(ops, inputs_q, inputs_kv, p):
     """Flax MultiHeadDotProductAttention: (B, Q, D), (B, K, D) -> (B, Q, D)."""
-    xp = ops.xp
 
     def project(x, name):  # DenseGeneral to (heads, head_dim): (B, T, D) -> (B, heads, T, head_dim)
         kernel = ops.asarray(p[name]["kernel"])  # (D, heads, head_dim)

@@ -331,7 +331,7 @@ def plot_predictions(model, collator, examples, max_images: int = 4):
     predicted = inner(**inputs).logits.argmax(-1)  # (B, M)
     inner.train(was_training)
     images = collator.unnormalize(batch["pixel_values"]).clamp(0, 1)  # (B, C, H, W) in [0, 1]
-    (ph, pw), (height, width) = inner.config.patch_hw, images.shape[-2:]
+    (ph, pw), width = inner.config.patch_hw, images.shape[-1]
     cols = width // pw
     patches = patchify(images, (ph, pw))  # (B, N, C, ph, pw)
     rows = images.shape[0]
