@@ -330,10 +330,11 @@ def test_trainer_route_uses_the_same_data_and_transforms(tmp_path, digits, proce
 def test_bf16_mixed_precision_trains(tmp_path, digits, processor):
     from accelerate.state import AcceleratorState
 
+    # Accelerate keeps one precision per process: start from a fresh state, and leave one for the float32 tests.
+    AcceleratorState._reset_state()
     try:
         model, result = _train_tiny(tmp_path, digits, processor, max_steps=3, mixed_precision="bf16", eval_every_steps=3)
     finally:
-        # Accelerate keeps one precision per process; later tests in this process train in float32.
         AcceleratorState._reset_state()
     assert result.global_step == 3 and math.isfinite(result.last_eval["loss"])
     assert next(model.parameters()).dtype == torch.float32  # autocast: the weights stay in float32

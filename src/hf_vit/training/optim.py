@@ -67,10 +67,23 @@ def build_optimizer(model, args) -> torch.optim.Optimizer:
     for group in groups:
         group["lr"] = args.learning_rate * group["lr_scale"]
     if args.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2))
+        return _fused_if_possible(torch.optim.AdamW, groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2))
     if args.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=args.learning_rate, momentum=args.momentum)
+        return _fused_if_possible(torch.optim.SGD, groups, lr=args.learning_rate, momentum=args.momentum)
     raise ValueError(f"`optimizer` must be one of {list(OPTIMIZERS)}, got {args.optimizer!r}.")
+
+
+def _fused_if_possible(optimizer_class, groups, **kwargs):
+    # The fused kernels update every parameter in one call. On CPU the default per-parameter loop launches ~10 small
+    # ops per tensor, each paying the OpenMP barrier: with 2 threads that loop took 230 ms of a 600 ms step for a
+    # 1.4M-parameter hybrid, against 1 ms fused. Same update rule; the rounding of the fused arithmetic differs.
+    devices = {p.device.type for group in groups for p in group["params"]}
+    if devices <= {"cpu", "cuda"}:
+        try:
+            return optimizer_class(groups, fused=True, **kwargs)
+        except (RuntimeError, TypeError, ValueError):
+            pass
+    return optimizer_class(groups, **kwargs)
 
 
 def lr_multiplier(step: int, total_steps: int, warmup_steps: int, decay: str) -> float:
