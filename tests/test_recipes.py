@@ -1,6 +1,7 @@
 """The recipes end to end (short runs), their configs, and the Accelerate launch configs."""
 
 import json
+import re
 import runpy
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from hf_vit.training import (
     parse_recipe_args,
 )
 from hf_vit.training.data import ImageClassificationCollator, load_digits_data
+from hf_vit.training.mpp import MaskedPatchArguments, MaskedPatchTrainArguments
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,18 +95,31 @@ def _config_files():
     return sorted(p for p in CONFIGS.glob("*.yaml"))
 
 
+_RECIPE_TYPES = {
+    "pretrain": (ModelArguments, DataArguments, TrainArguments),
+    "finetune": (FinetuneModelArguments, DataArguments, FinetuneTrainArguments),
+    "pretrain_mpp": (ModelArguments, DataArguments, MaskedPatchTrainArguments, MaskedPatchArguments),
+}
+
+
 @pytest.mark.parametrize("path", _config_files(), ids=lambda p: p.name)
 def test_every_shipped_config_parses_and_has_a_header(path):
-    recipe = "finetune" if "finetune" in path.name else "pretrain"
-    types = (FinetuneModelArguments, DataArguments, FinetuneTrainArguments) if recipe == "finetune" else (
-        ModelArguments, DataArguments, TrainArguments)
-    model_args, data_args, train_args = parse_recipe_args(types, [str(path)])
     header = path.read_text().split("\n\n")[0]
     for word in ("Reproduces:", "Hardware:", "Command:"):
         assert word in header, f"{path.name}: the header must say {word}"
-    assert f"recipes/{recipe}.py recipes/configs/{path.name}" in header
+    commands = re.findall(r"python recipes/(\w+)\.py recipes/configs/(\S+)", header)
+    recipes = [recipe for recipe, named in commands if named == path.name]
+    assert len(recipes) == 1, f"{path.name}: the Command: must run one recipe on this config"
+    recipe = recipes[0]
+    assert recipe in _RECIPE_TYPES, f"{path.name}: unknown recipe {recipe}"
+    parsed = parse_recipe_args(_RECIPE_TYPES[recipe], [str(path)])
     if recipe == "finetune":
-        assert model_args.model_name_or_path and train_args.optimizer == "sgd" and train_args.weight_decay == 0.0
+        model_args, _, train_args = parsed
+        # A fine-tuning config names its checkpoint, or its command line must.
+        assert model_args.model_name_or_path or "--model_name_or_path" in header
+        assert train_args.optimizer == "sgd" and train_args.weight_decay == 0.0
+    if recipe == "pretrain_mpp":
+        assert parsed[3].mpp_target and 0 < parsed[3].mask_ratio < 1
 
 
 def test_paper_configs_hold_the_papers_settings():
