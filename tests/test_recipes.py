@@ -195,3 +195,62 @@ def test_finetune_from_a_transformers_vit_checkpoint(tmp_path, capsys):
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "hf_vit" and len(config["id2label"]) == 10 and config["image_size"] == 24
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["num_examples"] == 360
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# --push_to_hub (the publishing itself is tested against a local Hub in tests/test_hub.py)
+
+
+@pytest.mark.recipes
+def test_push_to_hub_publishes_the_saved_run_folder(tmp_path, monkeypatch):
+    from hf_vit.training import hub
+
+    calls = []
+
+    def fake_publish(run_dir, repo_id, **kwargs):
+        # At publishing time the run folder is complete: the model loads and the results are written.
+        assert ViTForImageClassification.from_pretrained(run_dir) is not None
+        calls.append((run_dir, repo_id, kwargs, json.loads((Path(run_dir) / "eval_results.json").read_text())))
+
+    monkeypatch.setattr(hub, "check_can_publish", lambda repo_id, **kwargs: calls.append(("checked", repo_id)))
+    monkeypatch.setattr(hub, "publish_run", fake_publish)
+    out = tmp_path / "run"
+    _recipe("pretrain.py")["main"](
+        [DIGITS_YAML, "--output_dir", str(out), "--max_steps", "2", "--report_to", "none", "--predict_examples", "0",
+         "--push_to_hub", "--hub_model_id", "someone/vit-digits", "--hub_private_repo", "--hub_revision", "v1"])
+    assert calls[0] == ("checked", "someone/vit-digits")
+    run_dir, repo_id, kwargs, results = calls[1]
+    assert (run_dir, repo_id) == (str(out), "someone/vit-digits")
+    assert kwargs["private"] is True and kwargs["revision"] == "v1" and kwargs["create_pr"] is False
+    assert results["global_step"] == 2
+
+
+@pytest.mark.recipes
+def test_push_to_hub_is_checked_before_training_and_a_failure_keeps_the_run(tmp_path, monkeypatch, capsys):
+    from hf_vit.training import hub
+
+    out = tmp_path / "run"
+    args = [DIGITS_YAML, "--output_dir", str(out), "--max_steps", "2", "--report_to", "none", "--predict_examples", "0"]
+    with pytest.raises(ValueError, match="hub_model_id"):
+        _recipe("pretrain.py")["main"](args + ["--push_to_hub"])
+    with pytest.raises(ValueError, match="not a valid Hub repository id"):
+        _recipe("pretrain.py")["main"](args + ["--push_to_hub", "--hub_model_id", "not a repo id"])
+    assert not out.exists()  # nothing was trained
+
+    monkeypatch.setattr(hub, "check_can_publish", lambda repo_id, **kwargs: None)
+
+    def failing_publish(run_dir, repo_id, **kwargs):
+        raise hub.HubPublishError("upload refused")
+
+    monkeypatch.setattr(hub, "publish_run", failing_publish)
+    with pytest.raises(hub.HubPublishError, match="upload refused"):
+        _recipe("pretrain.py")["main"](args + ["--push_to_hub", "--hub_model_id", "someone/vit-digits"])
+    assert "push_to_hub failed" in capsys.readouterr().out
+    assert ViTForImageClassification.from_pretrained(out) is not None  # the run is saved all the same
+
+
+def test_masked_patch_recipe_refuses_push_to_hub(tmp_path):
+    from hf_vit.training.mpp import run_masked_patch_prediction
+
+    with pytest.raises(ValueError, match="push_to_hub"):
+        run_masked_patch_prediction(None, None, MaskedPatchTrainArguments(push_to_hub=True), None)

@@ -21,6 +21,8 @@ from .transforms import BatchAugmentation, resolve_augmentation
 def run_image_classification(model_args, data_args, train_args) -> dict:
     """Train, evaluate and save one run; returns the held-out test metrics (also written to eval_results.json)."""
     started = time.perf_counter()
+    if train_args.push_to_hub:  # before any work: a run that is to be published must not find out hours later
+        _check_hub_arguments(train_args)
     accelerator = make_accelerator(train_args)
     set_seed(train_args.seed)  # the model's initialisation depends on it
     data = load_image_classification_data(data_args)
@@ -97,6 +99,36 @@ def run_image_classification(model_args, data_args, train_args) -> dict:
             for i, (prediction, label) in enumerate(zip(predictions, examples["label"])):
                 print(f"pipeline: held-out image {i}: predicted {prediction[0]['label']!r} "
                       f"(score {prediction[0]['score']:.3f}), true {data.label_names[label]!r}")
+    publish_error = None
+    if accelerator.is_main_process and train_args.push_to_hub:
+        publish_error = _publish(train_args)
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    if publish_error is not None:
+        raise publish_error
     return test_metrics
+
+
+def _check_hub_arguments(train_args) -> None:
+    from . import hub
+
+    if not train_args.hub_model_id:
+        raise ValueError("`push_to_hub` needs `hub_model_id`, the Hub repository ('namespace/name') to publish to.")
+    hub.check_can_publish(train_args.hub_model_id, revision=train_args.hub_revision,
+                          create_pr=train_args.hub_create_pr)
+
+
+def _publish(train_args):
+    """Publish the saved run folder; a failure is returned (raised after the run is closed), the folder is kept."""
+    from . import hub
+
+    try:
+        hub.publish_run(train_args.output_dir, train_args.hub_model_id, private=train_args.hub_private_repo,
+                        revision=train_args.hub_revision, create_pr=train_args.hub_create_pr,
+                        commit_message=train_args.hub_commit_message, card_data=train_args.hub_card_data)
+    except (hub.HubPublishError, ValueError, OSError) as error:
+        print(f"push_to_hub failed; the run folder {train_args.output_dir} is complete and unchanged, publish it "
+              f"later with `python recipes/push_to_hub.py --run_dir {train_args.output_dir} "
+              f"--repo_id {train_args.hub_model_id}`.")
+        return error
+    return None

@@ -212,6 +212,10 @@ def build_mpp_model(model_args, mpp_args):
 def run_masked_patch_prediction(model_args, data_args, train_args, mpp_args) -> dict:
     """Pre-train, evaluate (masked-patch loss/accuracy, few-shot linear accuracy) and save one run; returns the
     final validation metrics (also in eval_results.json)."""
+    if train_args.push_to_hub:
+        raise ValueError(
+            "`push_to_hub`: a masked-patch-prediction checkpoint is published after fine-tuning (recipes/finetune.py "
+            "... --push_to_hub --hub_model_id NAMESPACE/NAME); the Hub checks load it as an image classifier.")
     from accelerate.utils import set_seed
 
     from .arguments import resolved_args_dict
