@@ -217,7 +217,7 @@ def test_push_to_hub_publishes_the_saved_run_folder(tmp_path, monkeypatch):
     out = tmp_path / "run"
     _recipe("pretrain.py")["main"](
         [DIGITS_YAML, "--output_dir", str(out), "--max_steps", "2", "--report_to", "none", "--predict_examples", "0",
-         "--push_to_hub", "--hub_model_id", "someone/vit-digits", "--hub_private_repo", "--hub_revision", "v1"])
+         "--push-to-hub", "someone/vit-digits", "--hub_private_repo", "--hub_revision", "v1"])
     assert calls[0] == ("checked", "someone/vit-digits")
     run_dir, repo_id, kwargs, results = calls[1]
     assert (run_dir, repo_id) == (str(out), "someone/vit-digits")
@@ -231,10 +231,8 @@ def test_push_to_hub_is_checked_before_training_and_a_failure_keeps_the_run(tmp_
 
     out = tmp_path / "run"
     args = [DIGITS_YAML, "--output_dir", str(out), "--max_steps", "2", "--report_to", "none", "--predict_examples", "0"]
-    with pytest.raises(ValueError, match="hub_model_id"):
-        _recipe("pretrain.py")["main"](args + ["--push_to_hub"])
     with pytest.raises(ValueError, match="not a valid Hub repository id"):
-        _recipe("pretrain.py")["main"](args + ["--push_to_hub", "--hub_model_id", "not a repo id"])
+        _recipe("pretrain.py")["main"](args + ["--push_to_hub", "not a repo id"])
     assert not out.exists()  # nothing was trained
 
     monkeypatch.setattr(hub, "check_can_publish", lambda repo_id, **kwargs: None)
@@ -244,7 +242,7 @@ def test_push_to_hub_is_checked_before_training_and_a_failure_keeps_the_run(tmp_
 
     monkeypatch.setattr(hub, "publish_run", failing_publish)
     with pytest.raises(hub.HubPublishError, match="upload refused"):
-        _recipe("pretrain.py")["main"](args + ["--push_to_hub", "--hub_model_id", "someone/vit-digits"])
+        _recipe("pretrain.py")["main"](args + ["--push_to_hub", "someone/vit-digits"])
     assert "push_to_hub failed" in capsys.readouterr().out
     assert ViTForImageClassification.from_pretrained(out) is not None  # the run is saved all the same
 
@@ -253,4 +251,4 @@ def test_masked_patch_recipe_refuses_push_to_hub(tmp_path):
     from hf_vit.training.mpp import run_masked_patch_prediction
 
     with pytest.raises(ValueError, match="push_to_hub"):
-        run_masked_patch_prediction(None, None, MaskedPatchTrainArguments(push_to_hub=True), None)
+        run_masked_patch_prediction(None, None, MaskedPatchTrainArguments(push_to_hub="someone/mpp"), None)

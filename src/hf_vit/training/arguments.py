@@ -115,8 +115,7 @@ class TrainArguments:
     resume: str = field(default="", metadata={"help": "'latest' (newest checkpoint of output_dir, or start fresh), a checkpoint folder, or '' (start fresh)."})
     report_to: str = field(default="tensorboard", metadata={"help": "Trackers Accelerate supports, comma-separated, or 'none'."})
     predict_examples: int = field(default=5, metadata={"help": "Held-out images classified through pipeline() at the end."})
-    push_to_hub: bool = field(default=False, metadata={"help": "Publish the run folder to the Hub at the end (docs/hub.md); checked before training."})
-    hub_model_id: str | None = field(default=None, metadata={"help": "Hub repository 'namespace/name' for push_to_hub."})
+    push_to_hub: str | None = field(default=None, metadata={"help": "Hub repository 'namespace/name' to publish the run folder to after training (docs/hub.md; checked before training). Off by default."})
     hub_private_repo: bool = field(default=False, metadata={"help": "Create the Hub repository private."})
     hub_revision: str | None = field(default=None, metadata={"help": "Branch to commit to (created from main if missing)."})
     hub_create_pr: bool = field(default=False, metadata={"help": "Open a pull request against main instead of committing."})
@@ -147,7 +146,7 @@ class FinetuneTrainArguments(TrainArguments):
 BOOKKEEPING_FIELDS = frozenset({
     "output_dir", "resume", "report_to", "log_every_steps", "save_every_steps", "save_total_limit", "num_workers",
     "predict_examples", "eval_batch_size", "attn_implementation",
-    "push_to_hub", "hub_model_id", "hub_private_repo", "hub_revision", "hub_create_pr", "hub_commit_message",
+    "push_to_hub", "hub_private_repo", "hub_revision", "hub_create_pr", "hub_commit_message",
     "hub_card_data",
 })
 

@@ -112,9 +112,7 @@ def run_image_classification(model_args, data_args, train_args) -> dict:
 def _check_hub_arguments(train_args) -> None:
     from . import hub
 
-    if not train_args.hub_model_id:
-        raise ValueError("`push_to_hub` needs `hub_model_id`, the Hub repository ('namespace/name') to publish to.")
-    hub.check_can_publish(train_args.hub_model_id, revision=train_args.hub_revision,
+    hub.check_can_publish(train_args.push_to_hub, revision=train_args.hub_revision,
                           create_pr=train_args.hub_create_pr)
 
 
@@ -123,12 +121,12 @@ def _publish(train_args):
     from . import hub
 
     try:
-        hub.publish_run(train_args.output_dir, train_args.hub_model_id, private=train_args.hub_private_repo,
+        hub.publish_run(train_args.output_dir, train_args.push_to_hub, private=train_args.hub_private_repo,
                         revision=train_args.hub_revision, create_pr=train_args.hub_create_pr,
                         commit_message=train_args.hub_commit_message, card_data=train_args.hub_card_data)
     except (hub.HubPublishError, ValueError, OSError) as error:
         print(f"push_to_hub failed; the run folder {train_args.output_dir} is complete and unchanged, publish it "
               f"later with `python recipes/push_to_hub.py --run_dir {train_args.output_dir} "
-              f"--repo_id {train_args.hub_model_id}`.")
+              f"--repo_id {train_args.push_to_hub}`.")
         return error
     return None

@@ -215,7 +215,7 @@ def run_masked_patch_prediction(model_args, data_args, train_args, mpp_args) -> 
     if train_args.push_to_hub:
         raise ValueError(
             "`push_to_hub`: a masked-patch-prediction checkpoint is published after fine-tuning (recipes/finetune.py "
-            "... --push_to_hub --hub_model_id NAMESPACE/NAME); the Hub checks load it as an image classifier.")
+            "... --push_to_hub NAMESPACE/NAME); the Hub checks load it as an image classifier.")
     from accelerate.utils import set_seed
 
     from .arguments import resolved_args_dict
