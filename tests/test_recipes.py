@@ -53,6 +53,7 @@ def test_main_job_writes_the_run_folder(main_job, capsys):
     assert resolved["num_epochs"] == 3 and resolved["hidden_size"] == 64 and resolved["dataset"] == "digits"
     results = json.loads((out / "eval_results.json").read_text())
     assert results["global_step"] == 60 and results["test"]["num_examples"] == 360
+    assert results["hardware"].startswith("1 process on CPU (") and "torch " in results["hardware"]
     assert {"fewshot/1shot_accuracy", "fewshot/5shot_accuracy"} <= set(results["validation"])
     # The reported accuracy is the saved model's: re-evaluate the folder independently.
     model = ViTForImageClassification.from_pretrained(out).eval()

@@ -13,7 +13,7 @@ from .arguments import resolved_args_dict
 from .data import load_image_classification_data
 from .loader import build_eval_loader
 from .loop import make_accelerator, train
-from .run import build_model, build_processor, classify_with_pipeline, save_run
+from .run import build_model, build_processor, classify_with_pipeline, describe_hardware, save_run
 from .tasks import ClassificationTask
 from .transforms import BatchAugmentation, resolve_augmentation
 
@@ -67,7 +67,7 @@ def run_image_classification(model_args, data_args, train_args) -> dict:
         "dataset": data.name, "global_step": result.global_step, "train_seconds": result.train_seconds,
         "images_per_second": result.images_per_second, "validation": result.last_eval,
         "num_parameters": sum(p.numel() for p in accelerator.unwrap_model(task.model).parameters()),
-        "skipped_images": len(data.skipped_images),
+        "skipped_images": len(data.skipped_images), "hardware": describe_hardware(accelerator),
     }
     test_metrics = {}
     if data.test is not None:

@@ -221,7 +221,7 @@ def run_masked_patch_prediction(model_args, data_args, train_args, mpp_args) -> 
     from .arguments import resolved_args_dict
     from .data import load_image_classification_data
     from .loop import make_accelerator, train
-    from .run import build_processor, save_run
+    from .run import build_processor, describe_hardware, save_run
     from .transforms import BatchAugmentation, resolve_augmentation
 
     started = time.perf_counter()
@@ -260,6 +260,7 @@ def run_masked_patch_prediction(model_args, data_args, train_args, mpp_args) -> 
         "train_seconds": result.train_seconds, "images_per_second": result.images_per_second,
         "validation": result.last_eval, "total_seconds": time.perf_counter() - started,
         "num_parameters": sum(p.numel() for p in accelerator.unwrap_model(task.model).parameters()),
+        "hardware": describe_hardware(accelerator),
     }
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(task.model)

@@ -72,6 +72,34 @@ def build_processor(model_args, model) -> ViTImageProcessor:
     return processor
 
 
+def describe_hardware(accelerator) -> str:
+    """One line for the run's results and its model card: processes, device, CPU threads, torch version."""
+    import platform
+
+    import torch
+
+    processes = accelerator.num_processes
+    device = accelerator.device
+    if device.type == "cuda":
+        where = f"{torch.cuda.get_device_name(device)} GPU"
+    else:
+        cpu = _cpu_model() or platform.processor() or "CPU"
+        where = f"CPU ({cpu}), {os.cpu_count()} cores visible, {torch.get_num_threads()} torch threads per process"
+    return (f"{processes} process{'es' if processes > 1 else ''} on {where}; torch {torch.__version__}, "
+            f"mixed precision {accelerator.mixed_precision}")
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def save_run(output_dir, model, processor, results: dict, *args_objects, ema_model=None) -> None:
     """
     Write the run folder's model files, processor, `ema/` (when an EMA model is given), `run_args.json` and
