@@ -121,12 +121,18 @@ def main(argv=None):
                         help="Labelled training images for fine-tuning (1%% and 10%% of Fashion-MNIST's 60,000)")
     parser.add_argument("--finetune-steps", nargs="*", type=int, default=[500, 1500],
                         help="Fine-tuning steps for each label count (the same for every starting point)")
+    parser.add_argument("--finetune-starts", nargs="*", default=None,
+                        help="Starting points to fine-tune (default: all); the others get few-shot evaluation only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="Smoke run: tiny steps everywhere")
     parser.add_argument("extra", nargs="*", help="Extra `--field value` pairs for every pre-training (after --)")
     args = parser.parse_args(argv)
     if len(args.finetune_steps) != len(args.label_counts):
         parser.error("--finetune-steps needs one value per --label-counts entry")
+    unknown = sorted(set(args.finetune_starts or ()) - {"random_init", *args.pretrainings})
+    if unknown:
+        parser.error(f"--finetune-starts: {unknown} are not starting points of this study "
+                     f"(random_init and --pretrainings {args.pretrainings})")
 
     os.makedirs(args.out, exist_ok=True)
     python = sys.executable
@@ -168,6 +174,8 @@ def main(argv=None):
         fraction = {"name": f"{count / total_images:.0%} ({count})", "count": count, "steps": steps}
         results["label_fractions"].append(fraction)
         for name, entry in results["starting_points"].items():
+            if args.finetune_starts is not None and name not in args.finetune_starts:
+                continue
             folder = os.path.join(args.out, f"finetune_{count}_{name}")
             if results_of(folder) is None:
                 command = [python, os.path.join(HERE, "finetune.py"), args.finetune_config, *data,

@@ -70,3 +70,29 @@ def test_bad_arguments_name_the_field():
         MaskedPatchArguments(masking="block")
     with pytest.raises(ValueError, match="mask_split"):
         MaskedPatchCollator(ViTImageProcessor(), 16, mask_split=(0.5, 0.5, 0.5))
+
+
+@pytest.mark.recipes
+def test_study_driver_runs_end_to_end_and_resumes(tmp_path):
+    """recipes/mpp_study.py --quick on digits: a pre-training, few-shot of both starting points, one fine-tuning."""
+    study = _recipe("mpp_study.py")["main"]
+    out = tmp_path / "study"
+    argv = ["--dataset", "digits", "--out", str(out), "--quick", "--pretrainings", "mpp_mean_color_50",
+            "--label-counts", "100", "--finetune-steps", "3", "--finetune-starts", "mpp_mean_color_50"]
+    results = study(argv)
+    points = results["starting_points"]
+    assert list(points) == ["random_init", "mpp_mean_color_50"]
+    assert points["random_init"]["finetune"] == {}  # not in --finetune-starts
+    (fraction,) = points["mpp_mean_color_50"]["finetune"].values()
+    assert fraction["steps"] == 3 and 0.0 <= fraction["test_accuracy"] <= 1.0
+    for entry in points.values():
+        assert {"fewshot/1shot_accuracy", "fewshot/2shot_accuracy"} <= set(entry["fewshot"]["mean_patch"])
+    table = (out / "table.md").read_text()
+    assert "random initialisation" in table and "| - |" in table
+    pretrain_log = out / "mpp_mean_color_50.log"
+    stamp = pretrain_log.stat().st_mtime_ns
+    again = study(argv)  # finished runs are not repeated
+    assert pretrain_log.stat().st_mtime_ns == stamp
+    assert again["starting_points"]["mpp_mean_color_50"]["finetune"] == points["mpp_mean_color_50"]["finetune"]
+    with pytest.raises(SystemExit):
+        study(argv[:-1] + ["mpp_attmask_50"])  # not a starting point of this study
