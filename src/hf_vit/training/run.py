@@ -84,7 +84,9 @@ def describe_hardware(accelerator) -> str:
         where = f"{torch.cuda.get_device_name(device)} GPU"
     else:
         cpu = _cpu_model() or platform.processor() or "CPU"
-        where = f"CPU ({cpu}), {os.cpu_count()} cores visible, {torch.get_num_threads()} torch threads per process"
+        threads = torch.get_num_threads()
+        where = (f"CPU ({cpu}), {os.cpu_count()} cores visible, {threads} torch thread{'s' if threads > 1 else ''} "
+                 "per process")
     return (f"{processes} process{'es' if processes > 1 else ''} on {where}; torch {torch.__version__}, "
             f"mixed precision {accelerator.mixed_precision}")
 
