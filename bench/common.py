@@ -65,15 +65,10 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
 
 
 def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name (hf_vit's own reading, as recorded in a run's eval_results.json)."""
+    from hf_vit.training.run import cpu_model as read_cpu_model
+
+    return read_cpu_model()
 
 
 def package_version(name: str) -> str | None:

@@ -319,23 +319,8 @@ class ModelTesterMixin:
 
 # ---- running code where hf_vit is not installed (remote code) --------------------------------------------------------
 
-# Prepended to a script run by `run_without_hf_vit`: any import of hf_vit fails, and the source tree is off sys.path.
-HIDE_HF_VIT = """
-import importlib.abc, json, sys
-
-class HideHfVit(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "hf_vit" or name.startswith("hf_vit."):
-            raise ImportError("hf_vit is hidden in this interpreter")
-
-sys.meta_path.insert(0, HideHfVit())
-sys.path = [p for p in sys.path if not p.rstrip("/").endswith("src")]
-try:
-    import hf_vit  # noqa: F401
-    raise SystemExit("hf_vit is importable: the test would prove nothing")
-except ImportError:
-    pass
-"""
+# Prepended to a script run by `run_without_hf_vit` (hf_vit's own remote-code check uses the same prelude).
+from hf_vit.training.hub import HIDE_HF_VIT  # noqa: E402
 
 
 def run_without_hf_vit(script: str, *args, tmp_path, env=None, timeout=300) -> dict:

@@ -250,23 +250,27 @@ def assemble_repository(run_dir, stage_dir, repo_id: str, *, card_data=None, tem
 # Validation: load where hf_vit is not installed
 
 
-_REMOTE_CHECK = textwrap.dedent(
+# Prepended to a script run in a subprocess: any import of hf_vit fails and the source tree is off sys.path, so the
+# script sees what someone without hf_vit sees (the tests use it too).
+HIDE_HF_VIT = """
+import importlib.abc, json, sys
+
+class HideHfVit(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "hf_vit" or name.startswith("hf_vit."):
+            raise ImportError("hf_vit is hidden in this interpreter")
+
+sys.meta_path.insert(0, HideHfVit())
+sys.path = [p for p in sys.path if not p.rstrip("/").endswith("src")]
+try:
+    import hf_vit  # noqa: F401
+    raise SystemExit("hf_vit is importable: the check would prove nothing")
+except ImportError:
+    pass
+"""
+
+_REMOTE_CHECK = HIDE_HF_VIT + textwrap.dedent(
     """
-    import importlib.abc, json, sys
-
-    class HideHfVit(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "hf_vit" or name.startswith("hf_vit."):
-                raise ImportError("hf_vit is hidden in this interpreter")
-
-    sys.meta_path.insert(0, HideHfVit())
-    sys.path = [p for p in sys.path if not p.rstrip("/").endswith("src")]
-    try:
-        import hf_vit  # noqa: F401
-        raise SystemExit("hf_vit is importable: the check would prove nothing")
-    except ImportError:
-        pass
-
     import torch, transformers
     from PIL import Image
 

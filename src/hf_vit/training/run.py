@@ -74,8 +74,6 @@ def build_processor(model_args, model) -> ViTImageProcessor:
 
 def describe_hardware(accelerator) -> str:
     """One line for the run's results and its model card: processes, device, CPU threads, torch version."""
-    import platform
-
     import torch
 
     processes = accelerator.num_processes
@@ -83,7 +81,7 @@ def describe_hardware(accelerator) -> str:
     if device.type == "cuda":
         where = f"{torch.cuda.get_device_name(device)} GPU"
     else:
-        cpu = _cpu_model() or platform.processor() or "CPU"
+        cpu = cpu_model()
         threads = torch.get_num_threads()
         where = (f"CPU ({cpu}), {os.cpu_count()} cores visible, {threads} torch thread{'s' if threads > 1 else ''} "
                  "per process")
@@ -91,7 +89,10 @@ def describe_hardware(accelerator) -> str:
             f"mixed precision {accelerator.mixed_precision}")
 
 
-def _cpu_model() -> str | None:
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` knows (bench/ reports it too)."""
+    import platform
+
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -99,7 +100,7 @@ def _cpu_model() -> str | None:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return None
+    return platform.processor() or platform.machine()
 
 
 def save_run(output_dir, model, processor, results: dict, *args_objects, ema_model=None) -> None:
