@@ -15,6 +15,7 @@ from hf_vit.training import (
     FinetuneTrainArguments,
     ModelArguments,
     TrainArguments,
+    build_model,
     parse_recipe_args,
 )
 from hf_vit.training.data import ImageClassificationCollator, load_digits_data
@@ -143,6 +144,18 @@ def test_yaml_then_command_line():
     )
     assert train_args.learning_rate == 0.01 and model_args.hidden_size == 32  # command line wins
     assert model_args.num_hidden_layers == 4 and data_args.dataset == "digits"  # from the YAML
+
+
+def test_architecture_fields_from_the_command_line_reach_the_model():
+    model_args, _, _ = parse_recipe_args(
+        (ModelArguments, DataArguments, TrainArguments), [DIGITS_YAML, "--hidden_act", "gelu", "--hidden_size", "48"]
+    )
+    model = build_model(model_args, [str(i) for i in range(10)])
+    assert (model.config.hidden_act, model.config.hidden_size) == ("gelu", 48)
+    assert model.config.model_type == "hf_vit"
+    model_args.hidden_act = "gleu"
+    with pytest.raises(ValueError, match="`hidden_act` 'gleu' is unknown"):
+        build_model(model_args, [str(i) for i in range(10)])
 
 
 def test_unknown_yaml_key_names_the_key_and_file(tmp_path):

@@ -26,6 +26,7 @@ class ModelArguments:
     num_hidden_layers: int | None = None
     num_attention_heads: int | None = None
     intermediate_size: int | None = None
+    hidden_act: str | None = field(default=None, metadata={"help": "MLP activation: gelu_pytorch_tanh (the reference's) | gelu (exact; faster on CPU) | ..."})
     representation_size: int | None = field(default=None, metadata={"help": "Width of the tanh pre-logits layer (the paper's pre-training head)."})
     drop_pre_logits: bool = field(default=False, metadata={"help": "Remove a checkpoint's pre-logits layer (the paper's fine-tuning head: one zero-initialised linear layer)."})
     pooling: str | None = field(default=None, metadata={"help": "cls | gap | ... (the model's pooling choices)"})
@@ -40,7 +41,7 @@ class ModelArguments:
 
     _ARCHITECTURE_FIELDS = (
         "image_size", "patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-        "representation_size", "pooling", "hidden_dropout_prob", "attention_probs_dropout_prob",
+        "hidden_act", "representation_size", "pooling", "hidden_dropout_prob", "attention_probs_dropout_prob",
         "position_embedding_type", "drop_path_rate", "backbone_depths", "backbone_width_factor", "backbone_num_groups",
     )
 
