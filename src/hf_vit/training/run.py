@@ -16,6 +16,7 @@ The run folder (`TrainArguments.output_dir`; documented in docs/training.md, rea
 
 import json
 import os
+import platform
 
 from ..configuration_hf_vit import ViTConfig
 from ..image_processing_hf_vit import ViTImageProcessor
@@ -91,8 +92,6 @@ def describe_hardware(accelerator) -> str:
 
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` knows (bench/ reports it too)."""
-    import platform
-
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
