@@ -170,3 +170,59 @@ def test_evaluate_cli_refuses_a_head_for_other_classes(tmp_path, tiny_folder, ca
                         "--holdout-per-class", "2", "--json")
     report = json.loads(out.strip().splitlines()[-1])
     assert code == 0 and "test" not in report and 0.0 <= report["fewshot"]["fewshot/1shot_accuracy"] <= 1.0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Test-time augmentation
+
+
+def test_flip_tta_averages_the_views_probabilities_and_is_mirror_symmetric():
+    from hf_vit.evaluation.tta import classify
+    from tests.test_training import tiny_model
+
+    torch.manual_seed(0)
+    model = tiny_model().eval()
+    torch.nn.init.normal_(model.classifier.weight, std=1.0)  # the zero-initialised head would score every class alike
+    images = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        plain, mirrored = model(pixel_values=images).logits, model(pixel_values=images.flip(-1)).logits
+        assert not torch.allclose(plain, mirrored, atol=1e-3)  # the model itself is not mirror symmetric
+        assert torch.equal(classify(model, images), plain.float())
+        scores = classify(model, images, "flip")
+        expected = ((plain.softmax(-1) + mirrored.softmax(-1)) / 2).log()
+        torch.testing.assert_close(scores, expected, atol=1e-6, rtol=1e-6)
+        assert torch.allclose(scores.exp().sum(-1), torch.ones(4))  # log-probabilities, read like logits
+        # An image and its mirror image get the same flip-averaged scores.
+        torch.testing.assert_close(classify(model, images.flip(-1), "flip"), scores, atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"`test_time_augmentation` must be one of \['none', 'flip'\], got 'crop'"):
+        classify(model, images, "crop")
+
+
+def test_evaluate_cli_with_flip_tta(tiny_folder, capsys):
+    from hf_vit import ViTForImageClassification
+    from hf_vit.evaluation.tta import classify
+
+    model = ViTForImageClassification.from_pretrained(tiny_folder)
+    torch.manual_seed(1)
+    torch.nn.init.normal_(model.classifier.weight, std=1.0)
+    folder = tiny_folder.parent / "tiny-model-random-head"
+    model.save_pretrained(folder)
+    ViTImageProcessor.from_pretrained(tiny_folder).save_pretrained(folder)
+    reports = {}
+    for views in ("none", "flip"):
+        code, out, err = _cli(capsys, "evaluate", str(folder), "--dataset", "digits", "--max-examples", "100",
+                              "--tta", views, "--json")
+        assert code == 0, err
+        reports[views] = json.loads(out.strip().splitlines()[-1])
+        assert reports[views]["test_time_augmentation"] == views
+    # The CLI's figures are the direct computation's, and the two evaluations differ.
+    data = load_image_classification_data(DataArguments(dataset="digits", validation_fraction=0.0, max_eval_examples=100))
+    batch = ImageClassificationCollator(ViTImageProcessor.from_pretrained(folder))(list(data.test))
+    with torch.no_grad():
+        for views, report in reports.items():
+            expected = classification_metrics(classify(model.eval(), batch["pixel_values"], views), batch["labels"])
+            assert report["test"]["accuracy"] == pytest.approx(expected["accuracy"])
+            assert report["test"]["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    assert reports["none"]["test"]["loss"] != pytest.approx(reports["flip"]["test"]["loss"], rel=1e-4)
+    code, out, _ = _cli(capsys, "evaluate", str(folder), "--dataset", "digits", "--max-examples", "20", "--tta", "flip")
+    assert code == 0 and "(flip test-time augmentation)" in out

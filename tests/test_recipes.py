@@ -266,3 +266,41 @@ def test_masked_patch_recipe_refuses_push_to_hub(tmp_path):
 
     with pytest.raises(ValueError, match="push_to_hub"):
         run_masked_patch_prediction(None, None, MaskedPatchTrainArguments(push_to_hub="someone/mpp"), None)
+
+
+@pytest.mark.recipes
+def test_flip_test_time_augmentation_is_reported_beside_the_single_view(tmp_path):
+    from hf_vit.evaluation.metrics import classification_metrics
+    from hf_vit.evaluation.tta import classify
+    from hf_vit.training import load_image_classification_data
+    from hf_vit.training.cards import render_model_card
+    from tests.test_data import make_image_folder
+
+    photos = make_image_folder(tmp_path / "photos", per_class=10)
+    out = tmp_path / "run"
+    argv = [DIGITS_YAML, "--dataset", str(photos), "--output_dir", str(out), "--max_steps", "3", "--report_to", "none",
+            "--predict_examples", "0", "--test_time_augmentation", "flip", "--batch_size", "8", "--fewshot_every_steps", "-1"]
+    metrics = _recipe("pretrain.py")["main"](argv)
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["test"] == metrics and "test_single_view" in results
+    # Both figures are the saved model's, recomputed here on the run's own test split.
+    _, data_args, _ = parse_recipe_args((ModelArguments, DataArguments, TrainArguments), argv)
+    test = load_image_classification_data(data_args).test
+    model = ViTForImageClassification.from_pretrained(out).eval()
+    batch = ImageClassificationCollator(ViTImageProcessor.from_pretrained(out))(list(test))
+    with torch.no_grad():
+        for key, views in (("test", "flip"), ("test_single_view", "none")):
+            expected = classification_metrics(classify(model, batch["pixel_values"], views), batch["labels"])
+            assert results[key]["accuracy"] == pytest.approx(expected["accuracy"])
+            assert results[key]["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    assert results["test"]["loss"] != pytest.approx(results["test_single_view"]["loss"], rel=1e-4)
+    card = render_model_card(out, "someone/vit-photos").content
+    assert "with flip test-time augmentation (one view: " in card
+
+
+def test_flip_test_time_augmentation_is_refused_for_digits_before_training(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="a mirrored digit is another digit"):
+        _recipe("pretrain.py")["main"]([DIGITS_YAML, "--output_dir", str(out), "--max_steps", "2", "--report_to",
+                                        "none", "--test_time_augmentation", "flip"])
+    assert not (out / "checkpoints").exists()

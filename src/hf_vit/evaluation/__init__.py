@@ -1,5 +1,6 @@
 """Evaluation (ViT paper, section 4.1): top-1 / top-5 accuracy and the confusion matrix through `evaluate` with
-metric modules shipped in the package (offline), and the paper's few-shot linear evaluation."""
+metric modules shipped in the package (offline), the paper's few-shot linear evaluation, and flip test-time
+augmentation as an option."""
 
 from .fewshot import (
     FewShotEvaluator,
@@ -10,12 +11,15 @@ from .fewshot import (
     ridge_predict,
 )
 from .metrics import classification_metrics, compute_accuracy, confusion_matrix, load_metric, top_k_accuracy
+from .tta import TEST_TIME_AUGMENTATIONS, classify
 
 
 __all__ = [
+    "TEST_TIME_AUGMENTATIONS",
     "FewShotEvaluator",
     "FewShotResult",
     "classification_metrics",
+    "classify",
     "compute_accuracy",
     "confusion_matrix",
     "extract_representations",

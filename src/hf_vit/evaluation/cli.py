@@ -26,6 +26,9 @@ def add_subcommand(subparsers) -> None:
     parser.add_argument("--max-examples", type=int, default=0, help="Evaluate on the first N examples only (0 = all)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--tta", choices=["none", "flip"], default="none",
+                        help="Test-time augmentation: 'flip' averages each image's and its mirror image's class "
+                             "probabilities (for data whose labels survive a flip; default: one view)")
     parser.add_argument("--fewshot", action="store_true", help="Also run few-shot linear evaluation")
     parser.add_argument("--fewshot-only", action="store_true", help="Only few-shot (models without a matching head)")
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10, 25], help="Shots per class")
@@ -48,6 +51,7 @@ def _run(args) -> int:
 
     from .fewshot import FewShotEvaluator
     from .metrics import classification_metrics
+    from .tta import classify
 
     data_args = DataArguments(
         dataset=args.dataset, dataset_config=args.dataset_config, test_split=args.split,
@@ -84,9 +88,10 @@ def _run(args) -> int:
         logits, labels = [], []
         with torch.no_grad():
             for batch in DataLoader(data.test, batch_size=args.batch_size, collate_fn=collate, num_workers=args.num_workers):
-                logits.append(model(pixel_values=batch["pixel_values"]).logits.float())
+                logits.append(classify(model, batch["pixel_values"], args.tta))
                 labels.append(batch["labels"])
         report["test"] = classification_metrics(torch.cat(logits), torch.cat(labels), with_confusion_matrix=True)
+        report["test_time_augmentation"] = args.tta
     if args.fewshot or args.fewshot_only:
         try:
             evaluator = FewShotEvaluator(data.train, data.test, collate, shots=args.shots, seed=args.seed,
@@ -102,7 +107,9 @@ def _run(args) -> int:
     print(f"{args.model} on {data.name} ({len(data.test)} examples)")
     if "test" in report:
         test = report["test"]
-        print(f"top-1 accuracy {test['accuracy']:.4f}   top-5 accuracy {test['top5_accuracy']:.4f}   loss {test['loss']:.4f}")
+        views = "" if args.tta == "none" else f"   ({args.tta} test-time augmentation)"
+        print(f"top-1 accuracy {test['accuracy']:.4f}   top-5 accuracy {test['top5_accuracy']:.4f}   "
+              f"loss {test['loss']:.4f}{views}")
         names = [name[:10] for name in data.label_names]
         width = max(6, *(len(n) for n in names))
         print("confusion matrix (rows: true class, columns: predicted class)")

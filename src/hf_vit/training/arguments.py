@@ -107,6 +107,7 @@ class TrainArguments:
     mixed_precision: str = field(default="no", metadata={"help": "no | bf16 | fp16"})
     ema_decay: float = field(default=0.0, metadata={"help": "Polyak / EMA factor, e.g. 0.9999 (0: off); saved to the run's ema/."})
     ema_warmup: bool = field(default=True, metadata={"help": "Warm the EMA factor up as min(decay, (1+t)/(10+t))."})
+    test_time_augmentation: str = field(default="none", metadata={"help": "none (one view, as the paper) | flip (each evaluation image's and its mirror image's class probabilities averaged)."})
     eval_every_steps: int = field(default=0, metadata={"help": "Evaluate on the validation split every N steps (0: each epoch, -1: only at the end)."})
     fewshot_every_steps: int = field(default=-1, metadata={"help": "Few-shot linear evaluation every N steps (0: with each evaluation, -1: off)."})
     fewshot_shots: list[int] = field(default_factory=lambda: [1, 5, 10, 25], metadata={"help": "Shots per class for few-shot evaluation."})

@@ -459,7 +459,14 @@ def _summary(facts, arch, num_labels, start_text, dataset_name) -> str:
         summary += f" Held-out {split} accuracy: {_percent(m['accuracy'])} top-1"
         if _is_number(m.get("top5_accuracy")):
             summary += f", {_percent(m['top5_accuracy'])} top-5"
-        summary += f" on {m['num_examples']:,} images." if isinstance(m.get("num_examples"), int) else "."
+        summary += f" on {m['num_examples']:,} images" if isinstance(m.get("num_examples"), int) else ""
+        views = (facts.run_args or {}).get("test_time_augmentation", "none")
+        single = (facts.eval_results or {}).get(f"{split}_single_view") or {}
+        if views not in (None, "none"):
+            summary += f", with {views} test-time augmentation"
+            if _is_number(single.get("accuracy")):
+                summary += f" (one view: {_percent(single['accuracy'])})"
+        summary += "."
     return summary
 
 

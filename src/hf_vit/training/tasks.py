@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..evaluation.metrics import classification_metrics
+from ..evaluation.tta import check_test_time_augmentation, classify
 
 
 class Task:
@@ -47,12 +48,14 @@ class ClassificationTask(Task):
         image_processor: turns the rows' images into `pixel_values` (the model's `ViTImageProcessor`).
         augmentation: a `BatchAugmentation` for training batches, or None.
         label_smoothing, mixup_alpha, cutmix_alpha: the regularisers of the DeiT-style recipes (0 = off).
+        test_time_augmentation: "none" (one view, the paper's evaluation) or "flip" (each evaluation image's and its
+            mirror image's class probabilities averaged; `hf_vit.evaluation.tta`).
     """
 
     name = "image-classification"
 
     def __init__(self, model, image_processor=None, augmentation=None, label_smoothing: float = 0.0,
-                 mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0):
+                 mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, test_time_augmentation: str = "none"):
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing}.")
         self.model = model
@@ -60,6 +63,7 @@ class ClassificationTask(Task):
         self.augmentation = augmentation
         self.label_smoothing = label_smoothing
         self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
+        self.test_time_augmentation = check_test_time_augmentation(test_time_augmentation)
 
     @property
     def num_labels(self) -> int:
@@ -86,15 +90,19 @@ class ClassificationTask(Task):
         return loss, {"accuracy": accuracy}
 
     @torch.no_grad()
-    def predict(self, loader, accelerator, model=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """All logits (N, K) and labels (N,) of a loader, gathered over processes (padding dropped)."""
+    def predict(self, loader, accelerator, model=None, test_time_augmentation=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        All class scores (N, K) and labels (N,) of a loader, gathered over processes (padding dropped). The scores are
+        logits, or log-probabilities with test-time augmentation (default: the task's).
+        """
         model = model if model is not None else self.model
+        views = self.test_time_augmentation if test_time_augmentation is None else test_time_augmentation
         was_training = model.training
         model.eval()
         all_logits, all_labels = [], []
         for batch in loader:
             batch = _to_device(batch, accelerator.device)
-            logits = model(pixel_values=batch["pixel_values"]).logits
+            logits = classify(model, batch["pixel_values"], views)
             logits, labels = accelerator.gather_for_metrics((logits.contiguous(), batch["labels"]))
             all_logits.append(logits.float().cpu())
             all_labels.append(labels.cpu())
