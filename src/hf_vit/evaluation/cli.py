@@ -4,6 +4,8 @@ saved model on any data source the recipes take (ViT paper, section 4.1)."""
 import json
 import sys
 
+from .tta import TEST_TIME_AUGMENTATIONS
+
 
 def add_subcommand(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -26,7 +28,7 @@ def add_subcommand(subparsers) -> None:
     parser.add_argument("--max-examples", type=int, default=0, help="Evaluate on the first N examples only (0 = all)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument("--tta", choices=["none", "flip"], default="none",
+    parser.add_argument("--tta", choices=TEST_TIME_AUGMENTATIONS, default="none",
                         help="Test-time augmentation: 'flip' averages each image's and its mirror image's class "
                              "probabilities (for data whose labels survive a flip; default: one view)")
     parser.add_argument("--fewshot", action="store_true", help="Also run few-shot linear evaluation")

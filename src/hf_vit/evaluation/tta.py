@@ -20,15 +20,19 @@ def check_test_time_augmentation(name: str) -> str:
     return name
 
 
-def classify(model, pixel_values: torch.Tensor, test_time_augmentation: str = "none") -> torch.Tensor:
-    """(B, C, H, W) -> (B, K) float32 class scores: the model's logits, or with "flip" the log of the views' mean
-    probabilities (the image's and its mirror image's)."""
+def classify(model, pixel_values: torch.Tensor, test_time_augmentation: str = "none", return_single_view: bool = False):
+    """
+    (B, C, H, W) -> (B, K) float32 class scores: the model's logits, or with "flip" the log of the views' mean
+    probabilities (the image's and its mirror image's). With `return_single_view`, also the one-view logits (the
+    forward pass the scores already made): `(scores, logits)`.
+    """
     logits = model(pixel_values=pixel_values).logits.float()
-    if check_test_time_augmentation(test_time_augmentation) == "none":
-        return logits
-    mirrored = model(pixel_values=pixel_values.flip(-1)).logits.float()
-    views = torch.stack([logits.log_softmax(-1), mirrored.log_softmax(-1)])
-    return torch.logsumexp(views, dim=0) - math.log(len(views))
+    scores = logits
+    if check_test_time_augmentation(test_time_augmentation) != "none":
+        mirrored = model(pixel_values=pixel_values.flip(-1)).logits.float()
+        views = torch.stack([logits.log_softmax(-1), mirrored.log_softmax(-1)])
+        scores = torch.logsumexp(views, dim=0) - math.log(len(views))
+    return (scores, logits) if return_single_view else scores
 
 
 __all__ = ["TEST_TIME_AUGMENTATIONS", "check_test_time_augmentation", "classify"]

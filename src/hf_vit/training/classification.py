@@ -76,15 +76,14 @@ def run_image_classification(model_args, data_args, train_args) -> dict:
     test_metrics = {}
     if data.test is not None:
         test_loader = accelerator.prepare(build_eval_loader(data.test, task.eval_collator(), train_args.eval_batch_size))
-        logits, labels = task.predict(test_loader, accelerator)
+        logits, labels, one_view = task.predict(test_loader, accelerator, with_single_view=True)
         from ..evaluation.metrics import classification_metrics
 
         test_metrics = classification_metrics(logits, labels, with_confusion_matrix=True)
         results["test"] = test_metrics
         single_view = ""
         if task.test_time_augmentation != "none":  # the one-view figure beside it, as the paper evaluates
-            results["test_single_view"] = classification_metrics(
-                *task.predict(test_loader, accelerator, test_time_augmentation="none"))
+            results["test_single_view"] = classification_metrics(one_view, labels)
             single_view = (f" with {task.test_time_augmentation} test-time augmentation (one view: "
                            f"{results['test_single_view']['accuracy']:.4f})")
         if result.ema is not None:

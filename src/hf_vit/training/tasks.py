@@ -90,24 +90,24 @@ class ClassificationTask(Task):
         return loss, {"accuracy": accuracy}
 
     @torch.no_grad()
-    def predict(self, loader, accelerator, model=None, test_time_augmentation=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict(self, loader, accelerator, model=None, with_single_view: bool = False):
         """
         All class scores (N, K) and labels (N,) of a loader, gathered over processes (padding dropped). The scores are
-        logits, or log-probabilities with test-time augmentation (default: the task's).
+        logits, or log-probabilities with the task's test-time augmentation. With `with_single_view`, also the
+        one-view logits (N, K) from the same pass: `(scores, labels, logits)`.
         """
         model = model if model is not None else self.model
-        views = self.test_time_augmentation if test_time_augmentation is None else test_time_augmentation
         was_training = model.training
         model.eval()
-        all_logits, all_labels = [], []
+        gathered = []
         for batch in loader:
             batch = _to_device(batch, accelerator.device)
-            logits = classify(model, batch["pixel_values"], views)
-            logits, labels = accelerator.gather_for_metrics((logits.contiguous(), batch["labels"]))
-            all_logits.append(logits.float().cpu())
-            all_labels.append(labels.cpu())
+            views = self.test_time_augmentation
+            scores, logits = classify(model, batch["pixel_values"], views, return_single_view=True)
+            parts = (scores, batch["labels"]) + ((logits,) if with_single_view else ())
+            gathered.append([t.cpu() for t in accelerator.gather_for_metrics(tuple(t.contiguous() for t in parts))])
         model.train(was_training)
-        return torch.cat(all_logits), torch.cat(all_labels)
+        return tuple(torch.cat(column) for column in zip(*gathered))
 
     def evaluate(self, loader, accelerator, model=None) -> dict:
         logits, labels = self.predict(loader, accelerator, model)
