@@ -1,11 +1,12 @@
 """Does the data pipeline keep up with training? Loader images/s against the model's training images/s, for a recipe
 config (default: the Fashion-MNIST one).
 
-The loader is the recipes' own: the seeded batch sampler, the data set's rows decoded, `ViTImageProcessor`, the
-config's augmentation (and mixup / cutmix), in the config's `num_workers` worker processes. The model step is the
-loop's: forward, loss, backward, clipping, AdamW step, at the config's per-device batch. The two are timed in
-alternating phases (never at once, so neither steals the other's cores); each loader phase starts a fresh iterator and
-skips its first batches (worker start-up). Target (issue 5): loader >= 3x the model's training images/s.
+The loader is the recipes' own: the seeded batch sampler, the data set's rows decoded (or read from memory with
+`cache_decoded_images`), `ViTImageProcessor`, the config's augmentation (and mixup / cutmix), in the config's
+`num_workers` worker processes. The model step is the loop's: forward, loss, backward, clipping, AdamW step, at the
+config's per-device batch. The two are timed in alternating phases (never at once, so neither steals the other's
+cores); each loader phase starts a fresh iterator and skips its first batches (worker start-up). Target (issue 5):
+loader >= 3x the model's training images/s.
 
     python bench/bench_data.py                                         # recipes/configs/fashion_mnist.yaml
     python bench/bench_data.py recipes/configs/digits.yaml --rounds 5 --threads 1
@@ -44,6 +45,7 @@ def main(argv=None) -> int:
         ClassificationTask, DataArguments, ModelArguments, TrainArguments, build_model, build_processor,
         load_image_classification_data, parse_recipe_args, resolve_augmentation,
     )
+    from hf_vit.training.data import training_rows
     from hf_vit.training.loader import build_train_loader
     from hf_vit.training.loop import batch_plan
     from hf_vit.training.optim import build_optimizer
@@ -60,7 +62,7 @@ def main(argv=None) -> int:
     task = ClassificationTask(model, processor, augmentation, train_args.label_smoothing, data_args.mixup_alpha,
                               data_args.cutmix_alpha)
     batch_size, _ = batch_plan(train_args.batch_size, 1, train_args.max_device_batch_size)
-    loader, sampler = build_train_loader(data.train, task.train_collator(), batch_size, train_args.seed, 1, 0, 1,
+    loader, sampler = build_train_loader(training_rows(data, data_args, processor), task.train_collator(), batch_size, train_args.seed, 1, 0, 1,
                                          num_workers=data_args.num_workers)
     optimizer = build_optimizer(model, train_args)
     fixed = next(iter(loader))

@@ -10,7 +10,13 @@ from PIL import Image
 
 from hf_vit import ViTImageProcessor
 from hf_vit.training import DataArguments, TrainArguments, load_image_classification_data
-from hf_vit.training.data import BadImageError, ImageClassificationCollator, find_bad_images, resolve_source_kind
+from hf_vit.training.data import (
+    BadImageError,
+    DecodedImages,
+    ImageClassificationCollator,
+    find_bad_images,
+    resolve_source_kind,
+)
 from hf_vit.training.idx import read_idx
 from hf_vit.training.loop import train
 from hf_vit.training.tasks import ClassificationTask
@@ -193,3 +199,30 @@ def test_collator_batches_any_source(tmp_path):
     batch = ImageClassificationCollator(processor)([data.test[i] for i in range(5)])
     assert batch["pixel_values"].shape == (5, 3, 16, 16) and batch["labels"].dtype == torch.long
     assert batch["pixel_values"].min() >= -1.0 and batch["pixel_values"].max() <= 1.0
+
+
+def test_decoded_images_give_the_batches_of_the_undecoded_data_set(tmp_path):
+    photos = make_image_folder(tmp_path / "photos", per_class=6, size=12)
+    turned = Image.fromarray(np.arange(12 * 8 * 3, dtype=np.uint8).reshape(12, 8, 3))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # EXIF orientation "rotate 90": the processor shows it upright, the cache must too
+    turned.save(photos / "cat" / "turned.jpg", exif=exif)
+    turned.convert("P").save(photos / "dog" / "palette.png")  # decoded to RGB by the processor, not to indices
+    processor = ViTImageProcessor(size={"height": 16, "width": 16})
+    collate = ImageClassificationCollator(processor)
+    for source in (make_idx_folder(tmp_path / "idx", size=12), photos):
+        train = load_image_classification_data(DataArguments(dataset=str(source), validation_fraction=0)).train
+        cached = DecodedImages(train, processor, chunk_size=7)  # chunks that do not divide the set
+        assert len(cached) == len(train) and all(isinstance(image, np.ndarray) for image in cached.images)
+        channels = 1 if source.name == "idx" else 3
+        assert cached.nbytes == sum(image.size[0] * image.size[1] for image in train["image"]) * channels
+        rows = list(range(len(train)))[::-1]
+        expected, got = collate(train.__getitems__(rows)), collate(cached.__getitems__(rows))
+        assert torch.equal(got["labels"], expected["labels"])
+        assert torch.equal(got["pixel_values"], expected["pixel_values"])
+
+
+def test_cached_images_are_refused_for_a_stream(tmp_path):
+    root = make_image_folder(tmp_path / "photos", per_class=4)
+    with pytest.raises(ValueError, match="`cache_decoded_images`.*streamed"):
+        load_image_classification_data(DataArguments(dataset=str(root), streaming=True, cache_decoded_images=True))

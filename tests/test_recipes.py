@@ -109,7 +109,8 @@ def test_every_shipped_config_parses_and_has_a_header(path):
     header = path.read_text().split("\n\n")[0]
     for word in ("Reproduces:", "Hardware:", "Command:"):
         assert word in header, f"{path.name}: the header must say {word}"
-    commands = re.findall(r"python recipes/(\w+)\.py recipes/configs/(\S+)", header)
+    # `python recipes/R.py recipes/configs/C` or the multi-process `... torchrun --nproc_per_node N recipes/R.py ...`
+    commands = re.findall(r"(?:python|torchrun --nproc_per_node \d+) recipes/(\w+)\.py recipes/configs/(\S+)", header)
     recipes = [recipe for recipe, named in commands if named == path.name]
     assert len(recipes) == 1, f"{path.name}: the Command: must run one recipe on this config"
     recipe = recipes[0]
@@ -304,3 +305,20 @@ def test_flip_test_time_augmentation_is_refused_for_digits_before_training(tmp_p
         _recipe("pretrain.py")["main"]([DIGITS_YAML, "--output_dir", str(out), "--max_steps", "2", "--report_to",
                                         "none", "--test_time_augmentation", "flip"])
     assert not (out / "checkpoints").exists()
+
+
+@pytest.mark.recipes
+def test_cached_decoded_images_train_the_same_model(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    weights = {}
+    for cache in ("false", "true"):
+        out = tmp_path / f"cache-{cache}"
+        _recipe("pretrain.py")["main"]([DIGITS_YAML, "--output_dir", str(out), "--max_steps", "4", "--report_to", "none",
+                                        "--predict_examples", "0", "--fewshot_every_steps", "-1",
+                                        "--cache_decoded_images", cache])
+        weights[cache] = load_file(out / "model.safetensors")
+    assert "decoded 1293 training images into memory" in capsys.readouterr().out
+    assert weights["true"].keys() == weights["false"].keys()
+    for name, tensor in weights["false"].items():
+        assert torch.equal(weights["true"][name], tensor), name

@@ -79,6 +79,7 @@ class DataArguments:
     mixup_alpha: float = field(default=0.0, metadata={"help": "Mixup Beta(alpha, alpha) (0: off)."})
     cutmix_alpha: float = field(default=0.0, metadata={"help": "Cutmix Beta(alpha, alpha) (0: off)."})
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes (decoding and augmentation run there)."})
+    cache_decoded_images: bool = field(default=False, metadata={"help": "Decode the training images once, before training, and keep them in memory (about height x width x channels bytes each) instead of decoding them in every epoch. Map-style data only, not streaming."})
 
 
 @dataclass
@@ -147,6 +148,7 @@ class FinetuneTrainArguments(TrainArguments):
 # Arguments that do not change what is computed: they may differ between a run and its resumption.
 BOOKKEEPING_FIELDS = frozenset({
     "output_dir", "resume", "report_to", "log_every_steps", "save_every_steps", "save_total_limit", "num_workers",
+    "cache_decoded_images",
     "predict_examples", "eval_batch_size", "attn_implementation",
     "push_to_hub", "hub_private_repo", "hub_revision", "hub_create_pr", "hub_commit_message",
     "hub_card_data",

@@ -10,7 +10,7 @@ import time
 from accelerate.utils import set_seed
 
 from .arguments import resolved_args_dict
-from .data import load_image_classification_data
+from .data import load_image_classification_data, training_rows
 from .loader import build_eval_loader
 from .loop import make_accelerator, train
 from .run import build_model, build_processor, classify_with_pipeline, describe_hardware, save_run
@@ -62,8 +62,11 @@ def run_image_classification(model_args, data_args, train_args) -> dict:
         evaluators.append(FewShotEvaluator(data.train, fewshot_test, task.eval_collator(),
                                            shots=train_args.fewshot_shots, seed=train_args.seed))
     run_args = resolved_args_dict(model_args, data_args, train_args)
+    train_data = training_rows(data, data_args, processor)
+    if data_args.cache_decoded_images:
+        accelerator.print(f"decoded {len(train_data)} training images into memory ({train_data.nbytes / 2**20:.0f} MiB)")
     result = train(
-        task, data.train, train_args, eval_dataset=data.validation, accelerator=accelerator, evaluators=evaluators,
+        task, train_data, train_args, eval_dataset=data.validation, accelerator=accelerator, evaluators=evaluators,
         num_workers=data_args.num_workers, shuffle_buffer_size=data_args.shuffle_buffer_size, run_args=run_args,
     )
 

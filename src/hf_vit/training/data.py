@@ -344,6 +344,9 @@ def load_image_classification_data(data_args) -> ImageClassificationData:
     streaming = bool(data_args.streaming)
     if streaming and kind in ("digits", "idx"):
         raise ValueError(f"`streaming` applies to Hub ids and image folders; {data_args.dataset!r} is held in memory.")
+    if streaming and data_args.cache_decoded_images:
+        raise ValueError("`cache_decoded_images` holds the decoded training set in memory; a streamed data set cannot "
+                         "be (set one of `streaming` and `cache_decoded_images` to false).")
     if kind == "digits":
         splits, label_names = _load_digits()
     elif kind == "idx":
@@ -397,6 +400,48 @@ def _as_image(value):
         image.load()
         return image
     return value
+
+
+class DecodedImages(torch.utils.data.Dataset):
+    """
+    A map-style image data set decoded once into memory: each image as the array the image processor makes of it
+    (uint8, or float32 for 16-bit / float images), with its label. The training loader then reads arrays instead of
+    decoding every image again in every epoch (Fashion-MNIST: 47 MB for 60,000 images; the PNG / PGM decoding was
+    ~8% of a training step of the shipped hybrid config). The processor, augmentation and batches are unchanged.
+    """
+
+    def __init__(self, dataset, image_processor, chunk_size: int = 1000):
+        from ..image_processing_hf_vit import _pil_to_array
+
+        if not hasattr(dataset, "__len__"):
+            raise ValueError("DecodedImages needs a map-style data set (with a length); got a streamed one.")
+        convert_rgb = image_processor.do_convert_rgb
+        self.images, self.labels = [], []
+        for start in range(0, len(dataset), chunk_size):
+            rows = dataset[start : start + chunk_size]
+            for offset, value in enumerate(rows["image"]):
+                image = _as_image(value)
+                self.images.append(_pil_to_array(image, start + offset, convert_rgb)
+                                   if isinstance(image, PIL.Image.Image) else image)
+            self.labels.extend(rows["label"])
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        return {"image": self.images[index], "label": self.labels[index]}
+
+    def __getitems__(self, indices):
+        return [self[index] for index in indices]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(getattr(image, "nbytes", 0) for image in self.images)
+
+
+def training_rows(data: ImageClassificationData, data_args, image_processor):
+    """The training split as the loader reads it: decoded once into memory with `cache_decoded_images`, else as is."""
+    return DecodedImages(data.train, image_processor) if data_args.cache_decoded_images else data.train
 
 
 class ImageClassificationCollator:
