@@ -406,8 +406,9 @@ class DecodedImages(torch.utils.data.Dataset):
     """
     A map-style image data set decoded once into memory: each image as the array the image processor makes of it
     (uint8, or float32 for 16-bit / float images), with its label. The training loader then reads arrays instead of
-    decoding every image again in every epoch (Fashion-MNIST: 47 MB for 60,000 images; the PNG / PGM decoding was
-    ~8% of a training step of the shipped hybrid config). The processor, augmentation and batches are unchanged.
+    decoding every image again in every epoch (Fashion-MNIST: 47 MB for 60,000 images, decoded in ~2 s; a batch of
+    128 is collated in 2.0 ms instead of 6.5, about 2% of a training step of the shipped hybrid config). The
+    processor, augmentation and batches are unchanged.
     """
 
     def __init__(self, dataset, image_processor, chunk_size: int = 1000):
