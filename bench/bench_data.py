@@ -62,8 +62,8 @@ def main(argv=None) -> int:
     task = ClassificationTask(model, processor, augmentation, train_args.label_smoothing, data_args.mixup_alpha,
                               data_args.cutmix_alpha)
     batch_size, _ = batch_plan(train_args.batch_size, 1, train_args.max_device_batch_size)
-    loader, sampler = build_train_loader(training_rows(data, data_args, processor), task.train_collator(), batch_size, train_args.seed, 1, 0, 1,
-                                         num_workers=data_args.num_workers)
+    loader, sampler = build_train_loader(training_rows(data, data_args, processor), task.train_collator(), batch_size,
+                                         train_args.seed, 1, 0, 1, num_workers=data_args.num_workers)
     optimizer = build_optimizer(model, train_args)
     fixed = next(iter(loader))
 

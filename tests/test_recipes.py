@@ -314,8 +314,8 @@ def test_cached_decoded_images_train_the_same_model(tmp_path, capsys):
     weights = {}
     for cache in ("false", "true"):
         out = tmp_path / f"cache-{cache}"
-        _recipe("pretrain.py")["main"]([DIGITS_YAML, "--output_dir", str(out), "--max_steps", "4", "--report_to", "none",
-                                        "--predict_examples", "0", "--fewshot_every_steps", "-1",
+        _recipe("pretrain.py")["main"]([DIGITS_YAML, "--output_dir", str(out), "--max_steps", "4", "--report_to",
+                                        "none", "--predict_examples", "0", "--fewshot_every_steps", "-1",
                                         "--cache_decoded_images", cache])
         weights[cache] = load_file(out / "model.safetensors")
     assert "decoded 1293 training images into memory" in capsys.readouterr().out

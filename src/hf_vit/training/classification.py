@@ -64,7 +64,8 @@ def run_image_classification(model_args, data_args, train_args) -> dict:
     run_args = resolved_args_dict(model_args, data_args, train_args)
     train_data = training_rows(data, data_args, processor)
     if data_args.cache_decoded_images:
-        accelerator.print(f"decoded {len(train_data)} training images into memory ({train_data.nbytes / 2**20:.0f} MiB)")
+        accelerator.print(f"decoded {len(train_data)} training images into memory "
+                          f"({train_data.nbytes / 2**20:.0f} MiB)")
     result = train(
         task, train_data, train_args, eval_dataset=data.validation, accelerator=accelerator, evaluators=evaluators,
         num_workers=data_args.num_workers, shuffle_buffer_size=data_args.shuffle_buffer_size, run_args=run_args,

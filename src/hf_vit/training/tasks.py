@@ -99,10 +99,10 @@ class ClassificationTask(Task):
         model = model if model is not None else self.model
         was_training = model.training
         model.eval()
+        views = self.test_time_augmentation
         gathered = []
         for batch in loader:
             batch = _to_device(batch, accelerator.device)
-            views = self.test_time_augmentation
             scores, logits = classify(model, batch["pixel_values"], views, return_single_view=True)
             parts = (scores, batch["labels"]) + ((logits,) if with_single_view else ())
             gathered.append([t.cpu() for t in accelerator.gather_for_metrics(tuple(t.contiguous() for t in parts))])
