@@ -89,8 +89,33 @@ def _conv(config: ViTConfig, in_channels, out_channels, kernel_size, stride=1) -
     return conv
 
 
-def _norm(config: ViTConfig, channels: int, zero_scale: bool = False) -> nn.GroupNorm:
-    norm = nn.GroupNorm(config.backbone_num_groups, channels, eps=config.backbone_group_norm_eps)
+class GroupNorm(nn.GroupNorm):
+    """
+    `nn.GroupNorm` (same parameters, same values) that routes one slow case of torch's CPU kernels around itself: a
+    bf16/fp16 channels-last input with fewer than 16 channels per group, which the channels-last kernel (vectorised
+    across a group's channels) normalises 2-7x slower than the channels-first one does after a layout copy there and
+    back. Measured with 2 threads, forward + backward, batch 128: 15.9 vs 4.5 ms at 64 channels of 16x16 in 16 groups,
+    3.8 vs 0.9 ms at 8x8; from 16 channels per group on, and in fp32, the channels-last kernel is the faster one.
+    """
+
+    channels_first_below = 16  # channels per group; 0 turns the rerouting off
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if (
+            hidden_states.device.type == "cpu"
+            and hidden_states.dtype in (torch.bfloat16, torch.float16)
+            and self.num_channels // self.num_groups < self.channels_first_below
+            and hidden_states.dim() == 4
+            and not hidden_states.is_contiguous()
+            and hidden_states.is_contiguous(memory_format=torch.channels_last)
+        ):
+            normed = super().forward(hidden_states.contiguous())
+            return normed.contiguous(memory_format=torch.channels_last)
+        return super().forward(hidden_states)
+
+
+def _norm(config: ViTConfig, channels: int, zero_scale: bool = False) -> GroupNorm:
+    norm = GroupNorm(config.backbone_num_groups, channels, eps=config.backbone_group_norm_eps)
     if zero_scale:
         norm.init_scheme = "zeros"  # the reference's gn3: scale_init=zeros (and bias zeros)
     return norm
