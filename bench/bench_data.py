@@ -66,6 +66,8 @@ def main(argv=None) -> int:
                                          train_args.seed, 1, 0, 1, num_workers=data_args.num_workers)
     optimizer = build_optimizer(model, train_args)
     fixed = next(iter(loader))
+    # The recipe's mixed precision, as Accelerate applies it on CPU (autocast around the forward pass).
+    precision = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train_args.mixed_precision)
 
     def loader_phase() -> float:
         sampler.set_epoch(0)
@@ -83,7 +85,8 @@ def main(argv=None) -> int:
         model.train()
         start = time.perf_counter()
         for _ in range(args.batches):
-            loss, _ = task.step(fixed)
+            with torch.autocast("cpu", dtype=precision or torch.bfloat16, enabled=precision is not None):
+                loss, _ = task.step(fixed)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), train_args.max_grad_norm)
             optimizer.step()

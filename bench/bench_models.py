@@ -161,8 +161,9 @@ def training_loss(name: str, model, pixel_values, labels) -> torch.Tensor:
     return model(pixel_values=pixel_values, labels=labels).loss
 
 
-def make_runner(name: str, model, mode: str, batch_size: int):
-    """A zero-argument callable doing one inference batch or one training step of `model`."""
+def make_runner(name: str, model, mode: str, batch_size: int, bf16: bool = False):
+    """A zero-argument callable doing one inference batch or one training step of `model` (forward under CPU bf16
+    autocast with `bf16`, as Accelerate's `mixed_precision: bf16` runs it)."""
     generator = torch.Generator().manual_seed(0)
     pixel_values = torch.randn(batch_size, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
     labels = torch.randint(0, NUM_CLASSES, (batch_size,), generator=generator)
@@ -171,7 +172,7 @@ def make_runner(name: str, model, mode: str, batch_size: int):
         model.eval()
 
         def step():
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 if name == "timm":
                     return model(pixel_values)
                 return model(pixel_values=pixel_values).logits
@@ -182,7 +183,9 @@ def make_runner(name: str, model, mode: str, batch_size: int):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step():
-        training_loss(name, model, pixel_values, labels).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = training_loss(name, model, pixel_values, labels)
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad()
 
@@ -215,7 +218,7 @@ def run_models(args, models, modes, timm, results) -> list[list[str]]:
 
         for mode in modes:
             batch = batch_size_for(args, variant, mode)
-            runners = {name: make_runner(name, model, mode, batch) for name, model in built.items()}
+            runners = {name: make_runner(name, model, mode, batch, args.bf16) for name, model in built.items()}
             seconds = interleaved_rounds(runners, rounds=args.rounds, iters=args.iters, warmup=args.warmup)
             free_optimizers(runners)
             del runners
@@ -285,7 +288,7 @@ def run_options(args, modes, results) -> list[list[str]]:
     print(flush=True)
     for mode in modes:
         batch = batch_size_for(args, variant, mode)
-        runners = {name: make_runner("hf_vit", model, mode, batch) for name, model in built.items()}
+        runners = {name: make_runner("hf_vit", model, mode, batch, args.bf16) for name, model in built.items()}
         seconds = interleaved_rounds(runners, rounds=args.rounds, iters=args.iters, warmup=args.warmup)
         free_optimizers(runners)
         del runners
@@ -341,6 +344,7 @@ def main(argv=None):
     parser.add_argument("--train-batch", type=int, default=16)
     parser.add_argument("--hybrid-batch", type=int, default=HYBRID_BATCH, help="R50+B/16's batch, both modes")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--bf16", action="store_true", help="forward passes under CPU bf16 autocast (default: fp32)")
     parser.add_argument("--no-timm", action="store_true", help="leave timm out even when it imports")
     parser.add_argument(
         "--quick",
@@ -382,7 +386,7 @@ def main(argv=None):
     print(
         f"- settings: rounds={args.rounds}, iters/round={args.iters}, warmup={args.warmup}, "
         f"batch infer={args.infer_batch} train={args.train_batch} hybrid={args.hybrid_batch}, "
-        f"image {IMAGE_SIZE}x{IMAGE_SIZE}, fp32\n",
+        f"image {IMAGE_SIZE}x{IMAGE_SIZE}, {'bf16 autocast' if args.bf16 else 'fp32'}\n",
         flush=True,
     )
 

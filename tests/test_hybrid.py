@@ -166,6 +166,66 @@ def test_max_pool_same_is_padding_with_minus_infinity_then_pooling():
         assert torch.equal(grad_result, grad_expected), (height, width)
 
 
+@pytest.mark.parametrize(
+    "channels, groups, dtype, layout, rerouted",
+    [
+        (64, 16, torch.bfloat16, "channels_last", True),  # 4 channels per group: the slow channels-last case
+        (32, 16, torch.float16, "channels_last", True),
+        (256, 16, torch.bfloat16, "channels_last", False),  # 16 per group: channels-last is the faster kernel
+        (64, 16, torch.float32, "channels_last", False),  # fp32: channels-last is not slower
+        (64, 16, torch.bfloat16, "channels_first", False),
+    ],
+)
+def test_group_norm_reroutes_only_small_reduced_precision_channels_last_groups(
+    monkeypatch, channels, groups, dtype, layout, rerouted
+):
+    import torch.nn.functional as F
+
+    from hf_vit.modeling_resnetv2 import GroupNorm
+
+    seen = []
+    group_norm = F.group_norm
+
+    def spy(x, *args, **kwargs):
+        seen.append(x.is_contiguous())
+        return group_norm(x, *args, **kwargs)
+
+    monkeypatch.setattr(F, "group_norm", spy)
+    torch.manual_seed(0)
+    norm = GroupNorm(groups, channels, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = (torch.randn(4, channels, 6, 5) * 3 + 1).to(dtype).contiguous(memory_format=memory_format).requires_grad_()
+    y = norm(x)
+    # The kernel saw a channels-first tensor exactly when rerouted; the output keeps the input's layout and dtype.
+    assert seen == [rerouted or layout == "channels_first"]
+    assert y.dtype == dtype and y.is_contiguous(memory_format=memory_format)
+    upstream = torch.randn_like(y)
+    y.backward(upstream)
+    # Same values and gradients as the plain module in fp32, to the input dtype's rounding.
+    reference = torch.nn.GroupNorm(groups, channels, eps=1e-6)
+    reference.load_state_dict(norm.state_dict())
+    x32 = x.detach().float().requires_grad_()
+    y32 = reference(x32)
+    y32.backward(upstream.float())
+    tolerance = {"rtol": 2e-2, "atol": 4e-2} if dtype != torch.float32 else {"rtol": 1e-5, "atol": 1e-5}
+    torch.testing.assert_close(y.float(), y32, **tolerance)
+    torch.testing.assert_close(x.grad.float(), x32.grad, **tolerance)
+    torch.testing.assert_close(norm.weight.grad, reference.weight.grad, rtol=2e-2, atol=5e-2)
+    torch.testing.assert_close(norm.bias.grad, reference.bias.grad, rtol=2e-2, atol=5e-2)
+    assert isinstance(norm, torch.nn.GroupNorm) and set(norm.state_dict()) == {"weight", "bias"}
+
+
+def test_backbone_norms_are_the_rerouting_group_norm():
+    from hf_vit.modeling_resnetv2 import GroupNorm
+
+    backbone = ResNetV2Backbone(make_config(TINY_HYBRID))
+    norms = [m for m in backbone.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(type(m) is GroupNorm for m in norms)
+
+
 @pytest.mark.parametrize("style, eps", [("std_plus_eps", 1e-5), ("sqrt_var_plus_eps", 1e-8)])
 def test_weight_standardisation(style, eps):
     conv = WeightStandardizedConv2d(3, 5, 3, eps=eps, style=style)
