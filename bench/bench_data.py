@@ -13,6 +13,7 @@ loader >= 3x the model's training images/s.
 """
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -69,6 +70,9 @@ def main(argv=None) -> int:
     # The recipe's mixed precision, as Accelerate applies it on CPU (autocast around the forward pass).
     precision = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train_args.mixed_precision)
 
+    def forward_precision():
+        return torch.autocast("cpu", dtype=precision) if precision is not None else contextlib.nullcontext()
+
     def loader_phase() -> float:
         sampler.set_epoch(0)
         batches = iter(loader)
@@ -85,7 +89,7 @@ def main(argv=None) -> int:
         model.train()
         start = time.perf_counter()
         for _ in range(args.batches):
-            with torch.autocast("cpu", dtype=precision or torch.bfloat16, enabled=precision is not None):
+            with forward_precision():
                 loss, _ = task.step(fixed)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), train_args.max_grad_norm)
