@@ -65,6 +65,9 @@ def main(argv=None) -> int:
     batch_size, _ = batch_plan(train_args.batch_size, 1, train_args.max_device_batch_size)
     loader, sampler = build_train_loader(training_rows(data, data_args, processor), task.train_collator(), batch_size,
                                          train_args.seed, 1, 0, 1, num_workers=data_args.num_workers)
+    if args.skip + args.batches > len(loader):
+        parser.error(f"--skip {args.skip} + --batches {args.batches} exceed the {len(loader)} batches of one "
+                     f"epoch of {args.config} (batch {batch_size}): lower them")
     optimizer = build_optimizer(model, train_args)
     fixed = next(iter(loader))
     # The recipe's mixed precision, as Accelerate applies it on CPU (autocast around the forward pass).
