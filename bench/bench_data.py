@@ -42,24 +42,20 @@ def main(argv=None) -> int:
 
     from accelerate.utils import set_seed
 
+    from hf_vit.data import DataArguments, build_train_loader, load_image_classification_data, training_rows
     from hf_vit.training import (
-        ClassificationTask, DataArguments, ModelArguments, TrainArguments, build_model, build_processor,
-        load_image_classification_data, parse_recipe_args, resolve_augmentation,
+        ClassificationRecipe, ClassificationTask, ModelArguments, TrainArguments, build_processor, parse_recipe_args,
     )
-    from hf_vit.training.data import training_rows
-    from hf_vit.training.loader import build_train_loader
     from hf_vit.training.loop import batch_plan
     from hf_vit.training.optim import build_optimizer
-    from hf_vit.training.transforms import BatchAugmentation
 
     model_args, data_args, train_args = parse_recipe_args((ModelArguments, DataArguments, TrainArguments), [args.config])
     set_seed(train_args.seed)
     data = load_image_classification_data(data_args)
-    model = build_model(model_args, data.label_names)
+    recipe = ClassificationRecipe(model_args, data_args, train_args)  # the recipe's own model and augmentation
+    model = recipe.build_model(data)
     processor = build_processor(model_args, model)
-    name = resolve_augmentation(data_args.augmentation, data.kind)
-    augmentation = BatchAugmentation(name, processor.image_mean, processor.image_std, data_args.randaugment_num_ops,
-                                     data_args.randaugment_magnitude, data_args.augment_max_shift)
+    name, augmentation = recipe.build_augmentation(data, processor)
     task = ClassificationTask(model, processor, augmentation, train_args.label_smoothing, data_args.mixup_alpha,
                               data_args.cutmix_alpha)
     batch_size, _ = batch_plan(train_args.batch_size, 1, train_args.max_device_batch_size)

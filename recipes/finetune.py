@@ -11,8 +11,8 @@ gradient clipping at global norm 1, optional Polyak averaging (`ema_decay 0.9999
 
 import sys
 
+from hf_vit.data import DataArguments
 from hf_vit.training import (
-    DataArguments,
     FinetuneModelArguments,
     FinetuneTrainArguments,
     parse_recipe_args,

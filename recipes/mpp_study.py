@@ -61,15 +61,15 @@ def save_random_init(pretrain_config, common, out_dir, seed) -> None:
     """The scratch starting point: the study's MPP model as initialised (the same seed as the pre-trainings)."""
     from accelerate.utils import set_seed
 
-    from hf_vit.training import DataArguments, ModelArguments, parse_recipe_args
-    from hf_vit.training.mpp import MaskedPatchArguments, MaskedPatchTrainArguments, build_mpp_model
-    from hf_vit.training.run import build_processor
+    from hf_vit.data import DataArguments
+    from hf_vit.training import ModelArguments, build_processor, parse_recipe_args
+    from hf_vit.training.mpp import MaskedPatchArguments, MaskedPatchRecipe, MaskedPatchTrainArguments
 
-    model_args, _, _, mpp_args = parse_recipe_args(
+    model_args, data_args, train_args, mpp_args = parse_recipe_args(
         (ModelArguments, DataArguments, MaskedPatchTrainArguments, MaskedPatchArguments), [pretrain_config, *common]
     )
     set_seed(seed)
-    model = build_mpp_model(model_args, mpp_args)
+    model = MaskedPatchRecipe(model_args, data_args, train_args, mpp_args).build_model()
     model.save_pretrained(out_dir)
     build_processor(model_args, model).save_pretrained(out_dir)
 
@@ -79,8 +79,8 @@ def fewshot_of(folder, dataset_args, shots, seed) -> dict:
     token), with shots drawn from the training split and the ridge strength chosen on a held-out part of it."""
     from hf_vit import ViTForMaskedPatchPrediction, ViTImageProcessor
     from hf_vit.evaluation.fewshot import FewShotEvaluator
-    from hf_vit.training import DataArguments, parse_recipe_args
-    from hf_vit.training.data import ImageClassificationCollator, load_image_classification_data
+    from hf_vit.data import DataArguments, ImageClassificationCollator, load_image_classification_data
+    from hf_vit.training import parse_recipe_args
     from hf_vit.training.mpp import PatchRepresentation
 
     (data_args,) = parse_recipe_args((DataArguments,), dataset_args)
@@ -167,8 +167,7 @@ def main(argv=None):
 
     for count, steps in zip(args.label_counts, args.finetune_steps):
         if total_images is None:
-            from hf_vit.training import DataArguments
-            from hf_vit.training.data import load_image_classification_data
+            from hf_vit.data import DataArguments, load_image_classification_data
 
             total_images = len(load_image_classification_data(DataArguments(dataset=args.dataset, validation_fraction=0)).train)
         fraction = {"name": f"{count / total_images:.0%} ({count})", "count": count, "steps": steps}

@@ -9,7 +9,8 @@ the tanh pre-logits head (`representation_size`). The same shared loop as fine-t
 
 import sys
 
-from hf_vit.training import DataArguments, ModelArguments, TrainArguments, parse_recipe_args, run_image_classification
+from hf_vit.data import DataArguments
+from hf_vit.training import ModelArguments, TrainArguments, parse_recipe_args, run_image_classification
 
 
 def main(argv=None):

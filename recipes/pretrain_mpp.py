@@ -10,7 +10,8 @@ training; the few-shot linear evaluation reads them. The run folder is a startin
 
 import sys
 
-from hf_vit.training import DataArguments, ModelArguments, parse_recipe_args
+from hf_vit.data import DataArguments
+from hf_vit.training import ModelArguments, parse_recipe_args
 from hf_vit.training.mpp import MaskedPatchArguments, MaskedPatchTrainArguments, run_masked_patch_prediction
 
 

@@ -13,16 +13,13 @@ ema/; never checkpoints/ or logs/), checks that it loads where hf_vit is not ins
 
 import sys
 
+from hf_vit.hub import HubPublishError, PushArguments, push
 from hf_vit.training import parse_recipe_args
-from hf_vit.training.hub import HubPublishError, PushArguments, publish_run
 
 
 def main(argv=None):
     (args,) = parse_recipe_args((PushArguments,), argv)
-    return publish_run(
-        args.run_dir, args.repo_id, private=args.private, revision=args.revision, create_pr=args.create_pr,
-        commit_message=args.commit_message, dry_run=args.dry_run, card_data=args.card_data, stage_dir=args.stage_dir,
-    )
+    return push(args)
 
 
 if __name__ == "__main__":

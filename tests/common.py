@@ -320,7 +320,7 @@ class ModelTesterMixin:
 # ---- running code where hf_vit is not installed (remote code) --------------------------------------------------------
 
 # Prepended to a script run by `run_without_hf_vit` (hf_vit's own remote-code check uses the same prelude).
-from hf_vit.training.hub import HIDE_HF_VIT  # noqa: E402
+from hf_vit.hub.validation import HIDE_HF_VIT  # noqa: E402
 
 
 def run_without_hf_vit(script: str, *args, tmp_path, env=None, timeout=300) -> dict:

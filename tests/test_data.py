@@ -9,15 +9,17 @@ import torch
 from PIL import Image
 
 from hf_vit import ViTImageProcessor
-from hf_vit.training import DataArguments, TrainArguments, load_image_classification_data
-from hf_vit.training.data import (
+from hf_vit.data import (
     BadImageError,
+    DataArguments,
     DecodedImages,
     ImageClassificationCollator,
     find_bad_images,
+    load_image_classification_data,
     resolve_source_kind,
 )
-from hf_vit.training.idx import read_idx
+from hf_vit.data.idx import read_idx
+from hf_vit.training import TrainArguments
 from hf_vit.training.loop import train
 from hf_vit.training.tasks import ClassificationTask
 

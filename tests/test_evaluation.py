@@ -9,8 +9,7 @@ import torch
 from hf_vit import ViTImageProcessor
 from hf_vit.evaluation.fewshot import FewShotEvaluator, fewshot_linear_accuracy, ridge_fit, ridge_predict
 from hf_vit.evaluation.metrics import classification_metrics, confusion_matrix, load_metric, top_k_accuracy
-from hf_vit.training import DataArguments, load_image_classification_data
-from hf_vit.training.data import ImageClassificationCollator
+from hf_vit.data import DataArguments, ImageClassificationCollator, load_image_classification_data
 
 
 def test_metric_modules_load_offline_through_evaluate():

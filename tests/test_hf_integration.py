@@ -112,7 +112,7 @@ def test_pipeline_returns_label_names(image_kind, tmp_path):
 
 
 def test_trainer_fine_tunes_and_the_result_reloads(tmp_path):
-    from hf_vit.training.data import load_digits_data
+    from hf_vit.data import load_digits_data
 
     data = load_digits_data()
     processor = ViTImageProcessor(size={"height": 16, "width": 16})

@@ -15,8 +15,15 @@ import torch
 from huggingface_hub import ModelCard
 
 from hf_vit import ViTConfig, ViTForImageClassification, ViTImageProcessor
-from hf_vit.training.cards import check_model_card, load_card_data, render_model_card
-from hf_vit.training.hub import HubPublishError, assemble_repository, publish_run, upload_repository
+from hf_vit.hub import (
+    HubPublishError,
+    assemble_repository,
+    check_model_card,
+    load_card_data,
+    publish_run,
+    render_model_card,
+    upload_repository,
+)
 
 from .common import TINY
 from .hub_server import FakeHub
@@ -113,7 +120,7 @@ def test_card_metadata_model_index_and_sections(run_dir):
 
 
 def test_few_shot_results_in_either_form():
-    from hf_vit.training.cards import collect_few_shot
+    from hf_vit.hub.cards import collect_few_shot
 
     assert collect_few_shot({"few_shot": {"5": 0.7, "10shot": {"accuracy": 0.8}, "notes": "x"}}) == [
         (5, 0.7, None), (10, 0.8, None)]
@@ -199,7 +206,7 @@ def test_assemble_publishes_the_model_not_the_run_state(run_dir, tmp_path):
 
 
 def test_validation_fails_when_the_repository_needs_hf_vit(run_dir, tmp_path):
-    from hf_vit.training.hub import validate_repository
+    from hf_vit.hub import validate_repository
 
     stage = tmp_path / "stage"
     assemble_repository(run_dir, stage, "tester/vit-tiny")

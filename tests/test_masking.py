@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from hf_vit import ViTImageProcessor
-from hf_vit.training.masking import (
+from hf_vit.training.mpp.masking import (
     KEEP,
     MASK,
     REPLACE,

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_vit import ViTConfig, ViTForImageClassification, ViTForMaskedPatchPrediction
-from hf_vit.training.masking import KEEP, MASK, REPLACE, MaskedPatchCollator
+from hf_vit.training.mpp.masking import KEEP, MASK, REPLACE, MaskedPatchCollator
 
 from .common import TINY, TINY_HYBRID, ModelTesterMixin, make_config, pixel_values_for
 

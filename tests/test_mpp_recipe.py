@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hf_vit import ViTForImageClassification, ViTForMaskedPatchPrediction, ViTImageProcessor
-from hf_vit.training.masking import MaskedPatchCollator
+from hf_vit.training.mpp.masking import MaskedPatchCollator
 from hf_vit.training.mpp import MaskedPatchArguments, MaskedPatchPredictionTask
 
 from .common import make_config

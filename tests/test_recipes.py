@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from hf_vit import ViTForImageClassification, ViTImageProcessor
+from hf_vit.data import DataArguments, ImageClassificationCollator, load_digits_data
 from hf_vit.training import (
-    DataArguments,
     FinetuneModelArguments,
     FinetuneTrainArguments,
     ModelArguments,
@@ -18,7 +18,7 @@ from hf_vit.training import (
     build_model,
     parse_recipe_args,
 )
-from hf_vit.training.data import ImageClassificationCollator, load_digits_data
+from hf_vit.training.models import label_fields
 from hf_vit.training.mpp import MaskedPatchArguments, MaskedPatchTrainArguments
 
 
@@ -29,6 +29,16 @@ DIGITS_YAML = str(CONFIGS / "digits.yaml")
 
 def _recipe(name):
     return runpy.run_path(str(ROOT / "recipes" / name), run_name="recipe")
+
+
+def _saved_model_accuracy(folder) -> float:
+    """Top-1 accuracy of a saved run folder on the digits test split, evaluated independently of the recipe."""
+    model = ViTForImageClassification.from_pretrained(folder).eval()
+    processor = ViTImageProcessor.from_pretrained(folder)
+    test = load_digits_data().test
+    batch = ImageClassificationCollator(processor)([test[i] for i in range(len(test))])
+    with torch.no_grad():
+        return (model(batch["pixel_values"]).logits.argmax(-1) == batch["labels"]).float().mean().item()
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +66,7 @@ def test_main_job_writes_the_run_folder(main_job, capsys):
     assert results["global_step"] == 60 and results["test"]["num_examples"] == 360
     assert results["hardware"].startswith("1 process on CPU (") and "torch " in results["hardware"]
     assert {"fewshot/1shot_accuracy", "fewshot/5shot_accuracy"} <= set(results["validation"])
-    # The reported accuracy is the saved model's: re-evaluate the folder independently.
-    model = ViTForImageClassification.from_pretrained(out).eval()
-    processor = ViTImageProcessor.from_pretrained(out)
-    test = load_digits_data().test
-    batch = ImageClassificationCollator(processor)([test[i] for i in range(len(test))])
-    with torch.no_grad():
-        accuracy = (model(batch["pixel_values"]).logits.argmax(-1) == batch["labels"]).float().mean().item()
+    accuracy = _saved_model_accuracy(out)  # the reported accuracy is the saved model's
     assert abs(accuracy - metrics["accuracy"]) < 1e-6
     assert accuracy > 0.3  # 3 short epochs already beat chance (0.1) by far
     assert results["test"]["accuracy"] == metrics["accuracy"]
@@ -151,12 +155,13 @@ def test_architecture_fields_from_the_command_line_reach_the_model():
     model_args, _, _ = parse_recipe_args(
         (ModelArguments, DataArguments, TrainArguments), [DIGITS_YAML, "--hidden_act", "gelu", "--hidden_size", "48"]
     )
-    model = build_model(model_args, [str(i) for i in range(10)])
+    labels = label_fields([str(i) for i in range(10)])
+    model = build_model(model_args, ViTForImageClassification, labels)
     assert (model.config.hidden_act, model.config.hidden_size) == ("gelu", 48)
     assert model.config.model_type == "hf_vit"
     model_args.hidden_act = "gleu"
     with pytest.raises(ValueError, match="`hidden_act` 'gleu' is unknown"):
-        build_model(model_args, [str(i) for i in range(10)])
+        build_model(model_args, ViTForImageClassification, labels)
 
 
 def test_unknown_yaml_key_names_the_key_and_file(tmp_path):
@@ -209,7 +214,8 @@ def test_finetune_from_a_transformers_vit_checkpoint(tmp_path, capsys):
     )
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "hf_vit" and len(config["id2label"]) == 10 and config["image_size"] == 24
-    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["num_examples"] == 360
+    assert metrics["num_examples"] == 360
+    assert abs(_saved_model_accuracy(out) - metrics["accuracy"]) < 1e-6  # the saved model's own accuracy
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -218,21 +224,24 @@ def test_finetune_from_a_transformers_vit_checkpoint(tmp_path, capsys):
 
 @pytest.mark.recipes
 def test_push_to_hub_publishes_the_saved_run_folder(tmp_path, monkeypatch):
-    from hf_vit.training import hub
+    from hf_vit.training import classification
 
     calls = []
 
     def fake_publish(run_dir, repo_id, **kwargs):
-        # At publishing time the run folder is complete: the model loads and the results are written.
-        assert ViTForImageClassification.from_pretrained(run_dir) is not None
-        calls.append((run_dir, repo_id, kwargs, json.loads((Path(run_dir) / "eval_results.json").read_text())))
+        # At publishing time the run folder is complete: the results are written and the saved model is the one
+        # they describe (its test accuracy is the reported one).
+        results = json.loads((Path(run_dir) / "eval_results.json").read_text())
+        assert abs(_saved_model_accuracy(run_dir) - results["test"]["accuracy"]) < 1e-6
+        calls.append((run_dir, repo_id, kwargs, results))
 
-    monkeypatch.setattr(hub, "check_can_publish", lambda repo_id, **kwargs: calls.append(("checked", repo_id)))
-    monkeypatch.setattr(hub, "publish_run", fake_publish)
+    monkeypatch.setattr(classification, "check_can_publish",
+                        lambda repo_id, **kwargs: calls.append(("checked", repo_id)))
+    monkeypatch.setattr(classification, "publish_run", fake_publish)
     out = tmp_path / "run"
     _recipe("pretrain.py")["main"](
         [DIGITS_YAML, "--output_dir", str(out), "--max_steps", "2", "--report_to", "none", "--predict_examples", "0",
-         "--push-to-hub", "someone/vit-digits", "--hub_private_repo", "--hub_revision", "v1"])
+         "--push-to-hub", "someone/vit-digits", "--hub_private", "--hub_revision", "v1"])
     assert calls[0] == ("checked", "someone/vit-digits")
     run_dir, repo_id, kwargs, results = calls[1]
     assert (run_dir, repo_id) == (str(out), "someone/vit-digits")
@@ -242,7 +251,8 @@ def test_push_to_hub_publishes_the_saved_run_folder(tmp_path, monkeypatch):
 
 @pytest.mark.recipes
 def test_push_to_hub_is_checked_before_training_and_a_failure_keeps_the_run(tmp_path, monkeypatch, capsys):
-    from hf_vit.training import hub
+    from hf_vit.hub import HubPublishError
+    from hf_vit.training import classification
 
     out = tmp_path / "run"
     args = [DIGITS_YAML, "--output_dir", str(out), "--max_steps", "2", "--report_to", "none", "--predict_examples", "0"]
@@ -250,16 +260,17 @@ def test_push_to_hub_is_checked_before_training_and_a_failure_keeps_the_run(tmp_
         _recipe("pretrain.py")["main"](args + ["--push_to_hub", "not a repo id"])
     assert not out.exists()  # nothing was trained
 
-    monkeypatch.setattr(hub, "check_can_publish", lambda repo_id, **kwargs: None)
+    monkeypatch.setattr(classification, "check_can_publish", lambda repo_id, **kwargs: None)
 
     def failing_publish(run_dir, repo_id, **kwargs):
-        raise hub.HubPublishError("upload refused")
+        raise HubPublishError("upload refused")
 
-    monkeypatch.setattr(hub, "publish_run", failing_publish)
-    with pytest.raises(hub.HubPublishError, match="upload refused"):
+    monkeypatch.setattr(classification, "publish_run", failing_publish)
+    with pytest.raises(HubPublishError, match="upload refused"):
         _recipe("pretrain.py")["main"](args + ["--push_to_hub", "someone/vit-digits"])
     assert "push_to_hub failed" in capsys.readouterr().out
-    assert ViTForImageClassification.from_pretrained(out) is not None  # the run is saved all the same
+    results = json.loads((out / "eval_results.json").read_text())  # the run is saved all the same
+    assert results["global_step"] == 2 and abs(_saved_model_accuracy(out) - results["test"]["accuracy"]) < 1e-6
 
 
 def test_masked_patch_recipe_refuses_push_to_hub(tmp_path):
@@ -273,8 +284,8 @@ def test_masked_patch_recipe_refuses_push_to_hub(tmp_path):
 def test_flip_test_time_augmentation_is_reported_beside_the_single_view(tmp_path):
     from hf_vit.evaluation.metrics import classification_metrics
     from hf_vit.evaluation.tta import classify
-    from hf_vit.training import load_image_classification_data
-    from hf_vit.training.cards import render_model_card
+    from hf_vit.data import load_image_classification_data
+    from hf_vit.hub.cards import render_model_card
     from tests.test_data import make_image_folder
 
     photos = make_image_folder(tmp_path / "photos", per_class=10)

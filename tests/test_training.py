@@ -7,14 +7,8 @@ import pytest
 import torch
 
 from hf_vit import ViTConfig, ViTForImageClassification, ViTImageProcessor
-from hf_vit.training import DataArguments, ModelArguments, TrainArguments, parse_recipe_args
-from hf_vit.training.data import ImageClassificationCollator, TrainerTransform, load_image_classification_data
-from hf_vit.training.ema import ModelEMA
-from hf_vit.training.loader import SeededBatchSampler, build_train_loader
-from hf_vit.training.loop import batch_plan, train
-from hf_vit.training.optim import build_optimizer, lr_multiplier, parameter_groups
-from hf_vit.training.tasks import ClassificationTask
-from hf_vit.training.transforms import (
+from hf_vit.data import DataArguments, ImageClassificationCollator, TrainerTransform, load_image_classification_data
+from hf_vit.data.augmentation import (
     BatchAugmentation,
     mixup_cutmix,
     rand_augment,
@@ -22,6 +16,12 @@ from hf_vit.training.transforms import (
     random_translate,
     resolve_augmentation,
 )
+from hf_vit.data.loader import SeededBatchSampler, build_train_loader
+from hf_vit.training import ModelArguments, TrainArguments, parse_recipe_args
+from hf_vit.training.ema import ModelEMA
+from hf_vit.training.loop import batch_plan, train
+from hf_vit.training.optim import build_optimizer, lr_multiplier, parameter_groups
+from hf_vit.training.tasks import ClassificationTask
 
 
 def tiny_model(num_labels=10, **overrides):

@@ -11,7 +11,7 @@ import json
 import sys
 
 # Modules that contribute subcommands (each defines `add_subcommand(subparsers)`).
-SUBCOMMAND_MODULES: list[str] = ["hf_vit.analysis.cli", "hf_vit.training.hub_cli", "hf_vit.conversion.cli", "hf_vit.evaluation.cli"]
+SUBCOMMAND_MODULES: list[str] = ["hf_vit.analysis.cli", "hf_vit.hub.cli", "hf_vit.conversion.cli", "hf_vit.evaluation.cli"]
 
 
 def _predict(args) -> int:

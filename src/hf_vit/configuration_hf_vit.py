@@ -50,7 +50,7 @@ _VARIANT_PATTERN = re.compile(r"^(?:ViT-)?(?P<size>Ti|S|B|L|H)/(?P<patch>\d+)$")
 _HYBRID_PATTERN = re.compile(r"^R\[(?P<depths>[\d,\s]*)\]\+(?:ViT-)?(?P<size>Ti|S|B|L|H)/(?P<patch>\d+)$")
 
 
-def _pair(value):
+def as_pair(value):
     """An int or a 2-sequence as an (height, width) tuple."""
     if isinstance(value, (list, tuple)):
         return tuple(value)
@@ -250,12 +250,12 @@ class ViTConfig(BackboneConfigMixin, PreTrainedConfig):
     @property
     def image_hw(self):
         """`image_size` as `(height, width)`."""
-        return _pair(self.image_size)
+        return as_pair(self.image_size)
 
     @property
     def patch_hw(self):
         """`patch_size` as `(height, width)`."""
-        return _pair(self.patch_size)
+        return as_pair(self.patch_size)
 
     @property
     def is_hybrid(self):
@@ -336,7 +336,7 @@ class ViTConfig(BackboneConfigMixin, PreTrainedConfig):
             value = getattr(self, name)
             if isinstance(value, (list, tuple)) and len(value) != 2:
                 raise ValueError(f"`{name}` must be an int or a pair [height, width], got {value!r}.")
-            for v in _pair(value):
+            for v in as_pair(value):
                 _check_positive_int(name, v)
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(

@@ -111,7 +111,7 @@ def _has_transparency(image: PIL.Image.Image) -> bool:
     return image.mode in ("LA", "La", "PA", "RGBA", "RGBa") or image.info.get("transparency") is not None
 
 
-def _pil_to_array(image: PIL.Image.Image, index: int, convert_rgb: bool) -> np.ndarray:
+def pil_to_array(image: PIL.Image.Image, index: int, convert_rgb: bool) -> np.ndarray:
     """PIL image of any mode -> (H, W) or (H, W, 3) array: uint8 (0-255) or float32 (0-1)."""
     try:
         if image.getexif().get(_EXIF_ORIENTATION, 1) in range(2, 9):
@@ -554,7 +554,7 @@ class HfViTImageProcessor(BaseImageProcessor):
     def _decode(image, index: int, convert_rgb: bool, input_data_format: str | None):
         """One input -> ((H, W, C) or (C, H, W) uint8 / float32 data, layout)."""
         if isinstance(image, PIL.Image.Image):
-            array = _pil_to_array(image, index, convert_rgb)
+            array = pil_to_array(image, index, convert_rgb)
             if array.size == 0:
                 raise _bad_image(index, f"empty PIL image of size {image.size}")
             if image.mode == "F" and not np.isfinite(array).all():

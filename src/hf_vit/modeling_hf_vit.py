@@ -27,7 +27,7 @@ from transformers.utils import ModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import logging
 
-from .configuration_hf_vit import GRID_BOUND_POSITION_TYPES, ViTConfig, _pair
+from .configuration_hf_vit import GRID_BOUND_POSITION_TYPES, ViTConfig, as_pair
 from .modeling_resnetv2 import ResNetV2Backbone
 from .transformers_vit_format import is_transformers_vit_config, load_transformers_vit
 
@@ -273,7 +273,7 @@ class ViTEmbeddings(nn.Module):
     def grid_for(self, image_size) -> tuple[int, int]:
         """The token grid of an `image_size` (int or (height, width)), or a clear error when it does not divide."""
         th, tw = self.patch_embeddings.token_size
-        height, width = _pair(image_size)
+        height, width = as_pair(image_size)
         if height % th or width % tw:
             raise ValueError(
                 f"`image_size` ({height}x{width}) must be divisible by the patch size ({th}x{tw} on the image)."
@@ -1107,10 +1107,11 @@ class ViTBackbone(BackboneMixin, ViTPreTrainedModel):
 # --------------------------------------------------------------------------------------------------------------------
 # Masked patch prediction (section 4.6, appendix B.1.2)
 
-# Corruption kinds of a plan (hf_vit.training.masking draws plans with the same codes).
+# Corruption kinds of a plan (the codes hf_vit.training.mpp.masking draws plans with).
 MASK, REPLACE, KEEP = 0, 1, 2
 MPP_COLOR_BITS = 3  # the paper's 3-bit colours: 8 levels per channel
-MPP_SUB_PATCHES = 16  # "downsampled": a 4x4 grid of sub-patches
+MPP_SUB_PATCH_SIDE = 4  # "downsampled": a 4x4 grid of sub-patches
+MPP_SUB_PATCHES = MPP_SUB_PATCH_SIDE**2
 
 
 @dataclass
@@ -1134,7 +1135,7 @@ class ViTForMaskedPatchPrediction(ViTPreTrainedModel):
     position a learned `[mask]` embedding, another patch's embedding, or no change), and a linear head predicts each
     corrupted patch's target from the encoder's output at that position; the loss covers those positions only.
 
-    The plan and the targets are drawn outside the model, by `hf_vit.training.masking.MaskedPatchCollator` (the
+    The plan and the targets are drawn outside the model, by `hf_vit.training.mpp.masking.MaskedPatchCollator` (the
     paper's 50% of the patches, 80/10/10 split, 3-bit mean colours); the model only applies them. `config.mpp_target`
     fixes the head: "mean_color" (512 classes), "downsampled" (16 x 512) or "pixels" (C * P * P values, L2).
 

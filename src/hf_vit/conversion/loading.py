@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from ..configuration_hf_vit import ViTConfig
+from ..configuration_hf_vit import ViTConfig, as_pair
 from ..modeling_hf_vit import ViTForImageClassification, resample_position_embeddings
 from .keymap import ConversionError, ConversionReport, apply_rules
 
@@ -84,7 +84,7 @@ def source_grid(patch_positions: int, patch_hw, source_image_size=None, path="",
     """The token grid the file's position table was made for: from `source_image_size` when given, else square."""
     token_stride = token_stride or patch_hw
     if source_image_size is not None:
-        height, width = _pair(source_image_size)
+        height, width = as_pair(source_image_size)
         grid = (height // token_stride[0], width // token_stride[1])
         if grid[0] * grid[1] != patch_positions:
             raise ConversionError(
@@ -131,14 +131,14 @@ def convert(source, info: dict, rules_for, report: ConversionReport, config=None
     against the source framework). Returns (model, report).
     """
     fields = dict(info["fields"])
-    patch_hw = _pair(fields["patch_size"])
+    patch_hw = as_pair(fields["patch_size"])
     stride = info.get("token_stride", patch_hw)
     if source_image_size is None:
         source_image_size = info.get("source_image_size")  # what the file's own config says, when it has one
     if info["patch_positions"] is None:
         # No position table (fixed sin-cos embeddings): any resolution is the file's; take the requested one.
         size = source_image_size or (overrides or {}).get("image_size") or (config.image_size if config else 224)
-        height, width = _pair(size)
+        height, width = as_pair(size)
         grid = (height // stride[0], width // stride[1])
         if source_image_size is None:
             report.notes.append(f"the file has no position table; built at {height}x{width}")
@@ -206,10 +206,6 @@ def convert(source, info: dict, rules_for, report: ConversionReport, config=None
     model, fresh = instantiate(wanted, state_dict)
     report.new_keys = fresh
     return model, report
-
-
-def _pair(value):
-    return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
 
 
 __all__ = ["convert", "expected_shapes", "instantiate", "parameters_on_meta", "source_grid", "target_config"]

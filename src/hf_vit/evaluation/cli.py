@@ -46,10 +46,9 @@ def _run(args) -> int:
     import torch
     from torch.utils.data import DataLoader
 
-    import hf_vit  # noqa: F401  (registers the Auto classes)
-    from hf_vit import ViTForImageClassification, ViTImageProcessor
-    from hf_vit.training.arguments import DataArguments
-    from hf_vit.training.data import ImageClassificationCollator, load_image_classification_data
+    from ..data import DataArguments, ImageClassificationCollator, load_image_classification_data
+    from ..image_processing_hf_vit import ViTImageProcessor
+    from ..modeling_hf_vit import ViTForImageClassification
 
     from .fewshot import FewShotEvaluator
     from .metrics import classification_metrics

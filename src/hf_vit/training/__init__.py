@@ -1,8 +1,9 @@
-"""Everything the recipes share (ViT paper, section 4 and appendix B): data, augmentation, tasks, optimisers and
-schedules, EMA, checkpoints, and the Accelerate loop. See docs/training.md."""
+"""Training (ViT paper, section 4 and appendix B): recipe arguments, the one Accelerate loop, tasks, optimisers and
+schedules, EMA, resumable checkpoints, model building and the run skeleton every recipe shares; masked patch
+prediction in `mpp/`. Data comes from `hf_vit.data`, metrics from `hf_vit.evaluation`, publishing from `hf_vit.hub`.
+See docs/training.md."""
 
 from .arguments import (
-    DataArguments,
     FinetuneModelArguments,
     FinetuneTrainArguments,
     ModelArguments,
@@ -10,44 +11,31 @@ from .arguments import (
     parse_recipe_args,
     save_resolved_args,
 )
-from .classification import run_image_classification
-from .data import (
-    ImageClassificationCollator,
-    ImageClassificationData,
-    TrainerTransform,
-    find_bad_images,
-    load_image_classification_data,
-)
+from .classification import ClassificationRecipe, run_image_classification
 from .ema import ModelEMA
 from .loop import TrainResult, make_accelerator, train
-from .run import build_model, build_processor, save_run
+from .models import build_model, build_processor
+from .run import Recipe, run_recipe
 from .tasks import ClassificationTask, Task
-from .transforms import BatchAugmentation, resolve_augmentation
 
 
 __all__ = [
-    "BatchAugmentation",
+    "ClassificationRecipe",
     "ClassificationTask",
-    "DataArguments",
     "FinetuneModelArguments",
     "FinetuneTrainArguments",
-    "ImageClassificationCollator",
-    "ImageClassificationData",
     "ModelArguments",
     "ModelEMA",
+    "Recipe",
     "Task",
     "TrainArguments",
     "TrainResult",
-    "TrainerTransform",
     "build_model",
     "build_processor",
-    "find_bad_images",
-    "load_image_classification_data",
     "make_accelerator",
     "parse_recipe_args",
-    "resolve_augmentation",
     "run_image_classification",
+    "run_recipe",
     "save_resolved_args",
-    "save_run",
     "train",
 ]

@@ -5,86 +5,77 @@ becomes the float the field declares), and unknown keys are an error naming the 
 """
 
 import dataclasses
-import json
+import inspect
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 
 import yaml
 from transformers import HfArgumentParser
 
+from ..configuration_hf_vit import ViTConfig
+from ..hub.options import prefixed_options
+from ..run_folder import write_json
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# What to train: the choice of starting point by hand, the architecture fields derived from ViTConfig
+
 
 @dataclass
-class ModelArguments:
+class _ModelChoice:
     """What to train: a named variant (optionally overridden field by field) or an existing checkpoint."""
 
-    variant: str | None = field(default="Ti/16", metadata={"help": "Paper notation, e.g. 'B/16'. Ignored with model_name_or_path."})
+    variant: str | None = field(default="Ti/16", metadata={"help": "Paper notation, e.g. 'B/16' or 'R50+B/16'. Ignored with model_name_or_path."})
     model_name_or_path: str | None = field(default=None, metadata={"help": "Start from this hf_vit / transformers-ViT folder or Hub id."})
-    image_size: int | None = field(default=None, metadata={"help": "Training resolution (default: the variant's or checkpoint's); a checkpoint's position embeddings are resampled."})
-    patch_size: int | None = None
-    hidden_size: int | None = None
-    num_hidden_layers: int | None = None
-    num_attention_heads: int | None = None
-    intermediate_size: int | None = None
-    hidden_act: str | None = field(default=None, metadata={"help": "MLP activation: gelu_pytorch_tanh (the reference's) | gelu (exact; faster on CPU) | ..."})
-    representation_size: int | None = field(default=None, metadata={"help": "Width of the tanh pre-logits layer (the paper's pre-training head)."})
     drop_pre_logits: bool = field(default=False, metadata={"help": "Remove a checkpoint's pre-logits layer (the paper's fine-tuning head: one zero-initialised linear layer)."})
-    pooling: str | None = field(default=None, metadata={"help": "cls | gap | ... (the model's pooling choices)"})
-    hidden_dropout_prob: float | None = None
-    attention_probs_dropout_prob: float | None = None
-    position_embedding_type: str | None = field(default=None, metadata={"help": "learned_1d | learned_2d | sincos_2d | relative | none"})
-    drop_path_rate: float | None = field(default=None, metadata={"help": "Stochastic depth at the last block (0 = the paper)."})
-    backbone_depths: list[int] | None = field(default=None, metadata={"help": "Hybrid: ResNet stage depths after the stem ([] = stem only); unset = plain ViT."})
-    backbone_width_factor: float | None = field(default=None, metadata={"help": "Hybrid: ResNet width multiplier (stem = 64 x factor channels)."})
-    backbone_num_groups: int | None = field(default=None, metadata={"help": "Hybrid: GroupNorm groups of the ResNet."})
     attn_implementation: str | None = field(default=None, metadata={"help": "eager | sdpa | flex_attention | flash_attention_2"})
-
-    _ARCHITECTURE_FIELDS = (
-        "image_size", "patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-        "hidden_act", "representation_size", "pooling", "hidden_dropout_prob", "attention_probs_dropout_prob",
-        "position_embedding_type", "drop_path_rate", "backbone_depths", "backbone_width_factor", "backbone_num_groups",
-    )
 
     def config_overrides(self) -> dict:
         """The architecture fields that were set (None means: keep the variant's or checkpoint's value)."""
-        return {name: getattr(self, name) for name in self._ARCHITECTURE_FIELDS if getattr(self, name) is not None}
+        return {name: getattr(self, name) for name in ARCHITECTURE_FIELDS if getattr(self, name) is not None}
+
+
+# `ViTConfig` fields a recipe does not take as architecture overrides: set by the recipe itself (the head's classes,
+# the masked-patch target), or how weights are initialised rather than what is built.
+_RECIPE_SET_CONFIG_FIELDS = frozenset({"mpp_target", "head_zero_init", "initializer_range"})
+_DOC_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list[int]": list[int]}
+_DOC_ENTRY = re.compile(r"^ {8}(\w+) \(`([^`]+)`[^\n]*:\n((?: {12}.*\n?)+)", re.MULTILINE)
+
+
+def _architecture_fields() -> list[tuple]:
+    """(name, type | None, field) for every `ViTConfig.__init__` argument, typed and explained by the config's own
+    docstring, so that a new config field is a recipe option without being written down twice."""
+    documented = {name: (kind, " ".join(text.split())) for name, kind, text in _DOC_ENTRY.findall(ViTConfig.__doc__)}
+    fields = []
+    for name, parameter in inspect.signature(ViTConfig.__init__).parameters.items():
+        if name == "self" or parameter.kind is parameter.VAR_KEYWORD or name in _RECIPE_SET_CONFIG_FIELDS:
+            continue
+        if name not in documented or documented[name][0] not in _DOC_TYPES:
+            raise TypeError(
+                f"ViTConfig's docstring must document `{name}` as `name (`type`, ...)` with a type in "
+                f"{list(_DOC_TYPES)}: the recipes' ModelArguments are derived from it."
+            )
+        kind, text = documented[name]
+        summary = text.split(". ")[0].rstrip(".") + "."
+        fields.append((name, _DOC_TYPES[kind] | None, field(default=None, metadata={"help": f"{summary} Default: the variant's or checkpoint's."})))
+    return fields
+
+
+ModelArguments = dataclasses.make_dataclass("ModelArguments", _architecture_fields(), bases=(_ModelChoice,))
+ModelArguments.__module__ = __name__
+ModelArguments.__doc__ = (
+    "What to train: a named variant or a checkpoint, and any `ViTConfig` architecture field to override (`image_size` "
+    "on a checkpoint resamples its position embeddings, the paper's fine-tuning at a higher resolution)."
+)
+ARCHITECTURE_FIELDS = tuple(name for name, _, _ in _architecture_fields())
 
 
 @dataclass
-class DataArguments:
-    """Where the images come from, how they are split, checked and augmented."""
-
-    dataset: str = field(default="digits", metadata={"help": "'digits' (scikit-learn, embedded), a folder of IDX files or of class sub-folders (imagefolder), or a Hub dataset id."})
-    dataset_format: str = field(default="auto", metadata={"help": "auto | digits | idx | imagefolder | hub"})
-    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
-    train_split: str = "train"
-    validation_split: str = field(default="auto", metadata={"help": "A split name, 'auto' (validation if present, else carved from train) or 'none'."})
-    test_split: str = field(default="auto", metadata={"help": "A split name, 'auto' (test, else validation, else carved from train) or 'none'."})
-    image_column: str = field(default="auto", metadata={"help": "Column holding the images ('auto': the Image-typed one)."})
-    label_column: str = field(default="auto", metadata={"help": "Column holding the labels ('auto': the ClassLabel-typed one)."})
-    label_names: list[str] | None = field(default=None, metadata={"help": "Class names in label order (IDX files carry none)."})
-    streaming: bool = field(default=False, metadata={"help": "Stream a Hub data set or image folder instead of loading it (for data larger than the disk)."})
-    streaming_holdout_size: int = field(default=1000, metadata={"help": "Streaming without a test/validation split: rows taken off the stream's start for each."})
-    shuffle_buffer_size: int = field(default=10000, metadata={"help": "Streaming: shuffle buffer (rows)."})
-    test_fraction: float = field(default=0.2, metadata={"help": "Held-out share when the data set has no test split."})
-    validation_fraction: float = field(default=0.1, metadata={"help": "Share of the training split used for periodic evaluation (0: none)."})
-    split_seed: int = field(default=0, metadata={"help": "Seed of the fixed train/validation/test split."})
-    on_bad_image: str = field(default="skip", metadata={"help": "Unreadable images found before training: skip (count + first paths printed) | fail (stop with the full list)."})
-    max_train_examples: int = field(default=0, metadata={"help": "Use only the first N training rows (0: all)."})
-    max_eval_examples: int = field(default=0, metadata={"help": "Use only the first N validation / test rows (0: all)."})
-    augmentation: str = field(default="auto", metadata={"help": "auto | none | flip | translate | crop | crop_flip | inception_crop_flip"})
-    augment_max_shift: float = field(default=0.125, metadata={"help": "translate / crop: largest shift, as a fraction of the image size."})
-    randaugment_num_ops: int = field(default=0, metadata={"help": "RandAugment-style operations per image (0: off)."})
-    randaugment_magnitude: float = field(default=9.0, metadata={"help": "RandAugment magnitude, 0..10."})
-    mixup_alpha: float = field(default=0.0, metadata={"help": "Mixup Beta(alpha, alpha) (0: off)."})
-    cutmix_alpha: float = field(default=0.0, metadata={"help": "Cutmix Beta(alpha, alpha) (0: off)."})
-    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes (decoding and augmentation run there)."})
-    cache_decoded_images: bool = field(default=False, metadata={"help": "Decode the training images once, before training, and keep them in memory (about height x width x channels bytes each) instead of decoding them in every epoch. Map-style data only, not streaming."})
-
-
-@dataclass
-class TrainArguments:
-    """How to train: optimiser, schedule, regularisation and the bookkeeping of the shared loop."""
+class TrainArguments(prefixed_options("hub_", "With push_to_hub: ")):
+    """How to train: optimiser, schedule, regularisation and the bookkeeping of the shared loop; `push_to_hub` and the
+    `hub_*` publishing options (`hf_vit.hub.PublishOptions`, prefixed) publish the run folder at the end."""
 
     output_dir: str = field(default="outputs/run", metadata={"help": "The run folder (see docs/training.md)."})
     seed: int = 0
@@ -119,11 +110,6 @@ class TrainArguments:
     report_to: str = field(default="tensorboard", metadata={"help": "Trackers Accelerate supports, comma-separated, or 'none'."})
     predict_examples: int = field(default=5, metadata={"help": "Held-out images classified through pipeline() at the end."})
     push_to_hub: str | None = field(default=None, metadata={"help": "Hub repository 'namespace/name' to publish the run folder to after training (docs/hub.md; checked before training). Off by default."})
-    hub_private_repo: bool = field(default=False, metadata={"help": "Create the Hub repository private."})
-    hub_revision: str | None = field(default=None, metadata={"help": "Branch to commit to (created from main if missing)."})
-    hub_create_pr: bool = field(default=False, metadata={"help": "Open a pull request against main instead of committing."})
-    hub_commit_message: str | None = field(default=None, metadata={"help": "Commit title (default: names the model and its test accuracy)."})
-    hub_card_data: str | None = field(default=None, metadata={"help": "Model card data YAML (default: model_cards/<dataset>.yaml when it exists)."})
 
 
 @dataclass
@@ -150,8 +136,7 @@ BOOKKEEPING_FIELDS = frozenset({
     "output_dir", "resume", "report_to", "log_every_steps", "save_every_steps", "save_total_limit", "num_workers",
     "cache_decoded_images",
     "predict_examples", "eval_batch_size", "attn_implementation",
-    "push_to_hub", "hub_private_repo", "hub_revision", "hub_create_pr", "hub_commit_message",
-    "hub_card_data",
+    "push_to_hub", *(f.name for f in dataclasses.fields(prefixed_options("hub_"))),
 })
 
 
@@ -207,9 +192,7 @@ def resolved_args_dict(*args_objects) -> dict:
 
 def save_resolved_args(path, *args_objects) -> None:
     """Write every argument of the run (after YAML and command line) so it can be repeated exactly."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(resolved_args_dict(*args_objects), f, indent=2, sort_keys=True)
+    write_json(path, resolved_args_dict(*args_objects))
 
 
 def check_resume_compatible(saved: dict, current: dict, checkpoint: str) -> None:

@@ -9,14 +9,17 @@ moment leaves either the previous checkpoints or the new one, never a half-writt
 
 import json
 import os
-import re
 import shutil
 from dataclasses import asdict, dataclass, field
 
-
-CHECKPOINTS_DIR = "checkpoints"
-TRAINER_STATE_NAME = "trainer_state.json"
-_CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)$")
+from ..run_folder import (
+    CHECKPOINT_PATTERN,
+    CHECKPOINTS_SUBFOLDER,
+    RUN_ARGS_NAME,
+    TRAINER_STATE_NAME,
+    checkpoint_name,
+    write_json,
+)
 
 
 @dataclass
@@ -43,18 +46,14 @@ class TrainerState:
             return cls(**json.load(f))
 
 
-def checkpoint_dir_name(step: int) -> str:
-    return f"step-{step:08d}"
-
-
 def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
     """[(step, path), ...] of the complete checkpoints of a run, oldest first (temporary folders are ignored)."""
-    root = os.path.join(output_dir, CHECKPOINTS_DIR)
+    root = os.path.join(output_dir, CHECKPOINTS_SUBFOLDER)
     if not os.path.isdir(root):
         return []
     found = []
     for name in os.listdir(root):
-        match = _CHECKPOINT_PATTERN.match(name)
+        match = CHECKPOINT_PATTERN.match(name)
         path = os.path.join(root, name)
         if match and os.path.isfile(os.path.join(path, TRAINER_STATE_NAME)):
             found.append((int(match.group(1)), path))
@@ -75,16 +74,16 @@ def resolve_resume(resume: str, output_dir: str) -> str | None:
     if not os.path.isfile(os.path.join(resume, TRAINER_STATE_NAME)):
         raise FileNotFoundError(
             f"`resume` {resume!r} is not a complete checkpoint folder (no {TRAINER_STATE_NAME}); give 'latest' or a "
-            f"folder under {os.path.join(output_dir, CHECKPOINTS_DIR)}."
+            f"folder under {os.path.join(output_dir, CHECKPOINTS_SUBFOLDER)}."
         )
     return resume
 
 
 def save_checkpoint(accelerator, output_dir: str, state: TrainerState, run_args: dict, keep_last: int) -> str:
     """Write a complete checkpoint atomically (every process takes part; the main process renames and prunes)."""
-    root = os.path.join(output_dir, CHECKPOINTS_DIR)
-    final = os.path.join(root, checkpoint_dir_name(state.global_step))
-    temporary = os.path.join(root, ".tmp-" + checkpoint_dir_name(state.global_step))
+    root = os.path.join(output_dir, CHECKPOINTS_SUBFOLDER)
+    final = os.path.join(root, checkpoint_name(state.global_step))
+    temporary = os.path.join(root, ".tmp-" + checkpoint_name(state.global_step))
     if accelerator.is_main_process:
         os.makedirs(root, exist_ok=True)
         if os.path.isdir(temporary):  # left by a run killed while saving
@@ -93,8 +92,7 @@ def save_checkpoint(accelerator, output_dir: str, state: TrainerState, run_args:
     accelerator.save_state(temporary)
     if accelerator.is_main_process:
         state.save(os.path.join(temporary, TRAINER_STATE_NAME))
-        with open(os.path.join(temporary, "run_args.json"), "w") as f:
-            json.dump(run_args, f, indent=2, sort_keys=True)
+        write_json(os.path.join(temporary, RUN_ARGS_NAME), run_args)
         _fsync_tree(temporary)
         if os.path.isdir(final):  # the same step saved again (e.g. the final save right after a periodic one)
             shutil.rmtree(final)

@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 
+from ..data import build_eval_loader, build_train_loader, move_to_device
+from ..run_folder import LOGS_SUBFOLDER, RUN_ARGS_NAME, read_json
+from .arguments import check_resume_compatible
 from .checkpoint import TrainerState, load_checkpoint, resolve_resume, save_checkpoint
 from .ema import ModelEMA
-from .loader import build_eval_loader, build_train_loader
 from .optim import build_optimizer, build_schedule
 
 
@@ -57,14 +59,12 @@ def make_accelerator(args) -> Accelerator:
     return Accelerator(
         mixed_precision=args.mixed_precision,
         log_with=trackers or None,
-        project_dir=os.path.join(args.output_dir, "logs"),
+        project_dir=os.path.join(args.output_dir, LOGS_SUBFOLDER),
     )
 
 
 def _check_distributed_setup(accelerator, args, accumulation) -> None:
     """Combinations the loop cannot honour under a sharding engine, refused before any work is done."""
-    from accelerate.utils import DistributedType
-
     kind = accelerator.distributed_type
     sharded_params = kind == DistributedType.FSDP or (
         kind == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3
@@ -80,10 +80,6 @@ def _check_distributed_setup(accelerator, args, accumulation) -> None:
             f"({args.batch_size // accelerator.num_processes}) so the loop does not accumulate ({accumulation} "
             "micro-batches now), and let DeepSpeed's own gradient_accumulation_steps do it if needed."
         )
-
-
-def _to_device(batch, device):
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def _scalar(value) -> float:
@@ -107,8 +103,6 @@ def train(
     run every `fewshot_every_steps` (e.g. `FewShotEvaluator`). `run_args` (all resolved arguments) are stored in
     each checkpoint, and a resumed run must match them.
     """
-    from .arguments import check_resume_compatible
-
     accelerator = accelerator or make_accelerator(args)
     set_seed(args.seed)
     device_batch, accumulation = batch_plan(args.batch_size, accelerator.num_processes, args.max_device_batch_size)
@@ -156,12 +150,9 @@ def train(
     result = TrainResult(global_step=0, train_seconds=0.0, images_per_second=0.0, ema=ema)
     checkpoint = resolve_resume(args.resume, args.output_dir)
     if checkpoint is not None:
-        saved_args_path = os.path.join(checkpoint, "run_args.json")
+        saved_args_path = os.path.join(checkpoint, RUN_ARGS_NAME)
         if run_args is not None and os.path.isfile(saved_args_path):
-            import json
-
-            with open(saved_args_path) as f:
-                check_resume_compatible(json.load(f), run_args, checkpoint)
+            check_resume_compatible(read_json(saved_args_path, "run's arguments"), run_args, checkpoint)
         state = load_checkpoint(accelerator, checkpoint)
         result.resumed_from = checkpoint
         accelerator.print(f"resumed from {checkpoint} at step {state.global_step}")
@@ -206,7 +197,7 @@ def train(
                 state.epoch, state.step_in_epoch = state.epoch + 1, 0
                 break
             for index, batch in enumerate(micro_batches):
-                batch = _to_device(batch, accelerator.device)
+                batch = move_to_device(batch, accelerator.device)
                 sync = contextlib.nullcontext() if index == accumulation - 1 else accelerator.no_sync(model)
                 with sync:
                     loss, metrics = task.step(batch)

@@ -1,91 +1,182 @@
-"""The parts of a recipe run around the loop: build the model and processor, write the run folder, demo the result.
+"""One run skeleton for every recipe (ViT paper, section 4.1 and appendix B: pre-training, fine-tuning and the
+masked-patch self-supervision are the same loop with other tasks and arguments).
 
-The run folder (`TrainArguments.output_dir`; documented in docs/training.md, read by Hub publishing):
+    accelerator and seed -> data -> model and processor -> augmentation -> task (+ few-shot evaluators)
+      -> the shared loop -> the recipe's final evaluation -> the run folder (hf_vit.run_folder) -> the recipe's
+      finishing touches (a demo, a figure, publishing) -> teardown
 
-    <output_dir>/
-      config.json, model.safetensors, *.py        the trained model (loads with from_pretrained / remote code)
-      preprocessor_config.json                    its image processor
-      ema/                                        the EMA (Polyak) weights as their own model folder, when enabled
-      run_args.json                               every resolved argument of the run
-      eval_results.json                           final metrics (test, validation, few-shot, EMA), timings
-      checkpoints/step-XXXXXXXX/                  resumable training state (the last k), written by the loop
-      logs/                                       tracker output (TensorBoard event files)
-
-`save_run` is the only function that writes the model files, `ema/`, `run_args.json` and `eval_results.json`.
+What differs between recipes is a `Recipe` subclass: which model class, which task, how the final metrics are taken
+and what happens after saving. `run_recipe` does everything else, the same way for all of them.
 """
 
-import json
 import os
 import platform
+import time
+from dataclasses import dataclass
 
-from ..configuration_hf_vit import ViTConfig
-from ..image_processing_hf_vit import ViTImageProcessor
-from ..modeling_hf_vit import ViTForImageClassification
+import torch
+from accelerate.utils import set_seed
+
+from ..data import (
+    BatchAugmentation,
+    ImageClassificationCollator,
+    load_image_classification_data,
+    resolve_augmentation,
+    training_rows,
+)
+from ..evaluation.fewshot import FewShotEvaluator
+from ..run_folder import save_run
+from .arguments import resolved_args_dict
+from .loop import make_accelerator, train
+from .models import build_model, build_processor
 
 
-EMA_SUBFOLDER = "ema"
-RUN_ARGS_NAME = "run_args.json"
-EVAL_RESULTS_NAME = "eval_results.json"
-LOGS_SUBFOLDER = "logs"
+@dataclass
+class RunContext:
+    """What a recipe's hooks see of the run being made."""
+
+    accelerator: object
+    data: object  # hf_vit.data.ImageClassificationData
+    model: object
+    processor: object
+    augmentation_name: str
+    augmentation: BatchAugmentation | None
+    task: object = None
 
 
-def build_model(model_args, label_names) -> ViTForImageClassification:
+class Recipe:
     """
-    A fresh model from a variant (+ overrides), or a checkpoint (hf_vit, transformers' ViT or converted) with a new
-    zero-initialised head for these labels, its pre-logits layer dropped on request, and its position embeddings
-    resampled when `image_size` differs (the paper's fine-tuning at higher resolution, section 3.2).
+    The hooks of one kind of run; `run_recipe` calls them in order. `args` are the recipe's argument dataclasses,
+    model, data and train arguments first (all of them are written to run_args.json).
     """
-    id2label = dict(enumerate(label_names))
-    label2id = {name: i for i, name in id2label.items()}
-    overrides = model_args.config_overrides()
-    extra = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
-    if model_args.model_name_or_path:
-        image_size = overrides.pop("image_size", None)
-        if model_args.drop_pre_logits:
-            overrides["representation_size"] = None
-        model = ViTForImageClassification.from_pretrained(
-            model_args.model_name_or_path, num_labels=len(label_names), id2label=id2label, label2id=label2id,
-            ignore_mismatched_sizes=True, head_zero_init=True, **overrides, **extra,
+
+    objective = "image_classification"
+    model_class = None
+
+    def __init__(self, model_args, data_args, train_args, *extra_args):
+        self.model_args, self.data_args, self.train_args = model_args, data_args, train_args
+        self.extra_args = extra_args
+
+    @property
+    def args(self) -> tuple:
+        return (self.model_args, self.data_args, self.train_args, *self.extra_args)
+
+    def check(self) -> None:
+        """Refuse what cannot work, before any work is done."""
+
+    def build_model(self, data):
+        return build_model(self.model_args, self.model_class)
+
+    def build_augmentation(self, data, processor) -> tuple[str, BatchAugmentation | None]:
+        name = resolve_augmentation(self.data_args.augmentation, data.kind)
+        num_ops = self.data_args.randaugment_num_ops
+        if name == "none" and not num_ops:
+            return name, None
+        return name, BatchAugmentation(
+            name, processor.image_mean, processor.image_std, num_ops, self.data_args.randaugment_magnitude,
+            self.data_args.augment_max_shift,
         )
-        if image_size is not None and tuple(model.config.image_hw) != (image_size, image_size):
-            model.resize_position_embeddings(image_size)
+
+    def describe(self, run: RunContext) -> str:
+        """The run's first line: data, augmentation, model."""
+        data, config = run.data, run.model.config
+        sizes = "streaming" if data.streaming else (
+            f"{len(data.train)} train / {len(data.validation) if data.validation is not None else 0} validation / "
+            f"{len(data.test) if data.test is not None else 0} test"
+        )
+        augmentation = run.augmentation_name
+        if self.data_args.randaugment_num_ops:
+            augmentation += f" + RandAugment({self.data_args.randaugment_num_ops}, {self.data_args.randaugment_magnitude})"
+        return (f"{self.objective.replace('_', ' ')}: {data.name} ({sizes}), augmentation {augmentation}; "
+                f"model {sum(p.numel() for p in run.model.parameters()) / 1e6:.2f}M parameters at "
+                f"{config.image_size}px, patch {config.patch_size}; {run.accelerator.num_processes} process(es)")
+
+    def build_task(self, run: RunContext):
+        raise NotImplementedError
+
+    def fewshot_representation(self, model):
+        """The module few-shot evaluation reads features from (its pooled output)."""
         return model
-    if not model_args.variant:
-        raise ValueError("Give `variant` (e.g. 'Ti/16') or `model_name_or_path`.")
-    config = ViTConfig.from_variant(
-        model_args.variant, num_labels=len(label_names), id2label=id2label, label2id=label2id, **overrides, **extra
+
+    def final_metrics(self, run: RunContext, result) -> dict:
+        """Metrics after training (every process takes part), merged into eval_results.json."""
+        return {}
+
+    def after_save(self, run: RunContext, results: dict) -> None:
+        """On the main process, after the run folder is written."""
+
+    def publish(self, run: RunContext):
+        """On the main process, last: an exception to raise once the run is closed, or None."""
+        return None
+
+    def return_value(self, results: dict, result):
+        return results
+
+
+def run_recipe(recipe: Recipe):
+    """Make one run of `recipe` (see the module docstring); returns `recipe.return_value(...)`."""
+    started = time.perf_counter()
+    recipe.check()
+    train_args, data_args = recipe.train_args, recipe.data_args
+    accelerator = make_accelerator(train_args)
+    set_seed(train_args.seed)  # the model's initialisation depends on it
+    data = load_image_classification_data(data_args)
+    model = recipe.build_model(data)
+    processor = build_processor(recipe.model_args, model)
+    augmentation_name, augmentation = recipe.build_augmentation(data, processor)
+    run = RunContext(accelerator, data, model, processor, augmentation_name, augmentation)
+    accelerator.print(recipe.describe(run))
+    run.task = task = recipe.build_task(run)
+
+    evaluators = []
+    if train_args.fewshot_every_steps >= 0 and not data.streaming:
+        fewshot_test = data.validation if data.validation is not None else data.test
+        evaluator = FewShotEvaluator(data.train, fewshot_test, ImageClassificationCollator(processor),
+                                     shots=train_args.fewshot_shots, seed=train_args.seed)
+        evaluators.append(lambda model, accelerator=None: evaluator(recipe.fewshot_representation(model), accelerator))
+    run_args = resolved_args_dict(*recipe.args)
+    train_data = training_rows(data, data_args, processor)
+    if data_args.cache_decoded_images:
+        accelerator.print(f"decoded {len(train_data)} training images into memory "
+                          f"({train_data.nbytes / 2**20:.0f} MiB)")
+    result = train(
+        task, train_data, train_args, eval_dataset=data.validation, accelerator=accelerator, evaluators=evaluators,
+        num_workers=data_args.num_workers, shuffle_buffer_size=data_args.shuffle_buffer_size, run_args=run_args,
     )
-    return ViTForImageClassification(config)
+    results = {
+        "dataset": data.name, "objective": recipe.objective, "global_step": result.global_step,
+        "train_seconds": result.train_seconds, "images_per_second": result.images_per_second,
+        "validation": result.last_eval,
+        "num_parameters": sum(p.numel() for p in accelerator.unwrap_model(task.model).parameters()),
+        "skipped_images": len(data.skipped_images), "hardware": describe_hardware(accelerator),
+    }
+    results.update(recipe.final_metrics(run, result))
+    results["total_seconds"] = time.perf_counter() - started
 
-
-def build_processor(model_args, model) -> ViTImageProcessor:
-    """The checkpoint's processor when it has one (resized to the model), else the paper's defaults at its size."""
-    height, width = model.config.image_hw
-    processor = None
-    if model_args.model_name_or_path:
-        try:
-            processor = ViTImageProcessor.from_pretrained(model_args.model_name_or_path)
-        except (OSError, ValueError):
-            processor = None
-    if processor is None:
-        processor = ViTImageProcessor()
-    processor.size = {"height": height, "width": width}
-    return processor
+    publish_error = None
+    if accelerator.is_main_process:
+        save_run(train_args.output_dir, accelerator.unwrap_model(task.model), processor, results, run_args,
+                 ema_model=result.ema.model if result.ema is not None else None)
+        print(f"saved the model and its processor to {train_args.output_dir}")
+        recipe.after_save(run, results)
+        publish_error = recipe.publish(run)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if publish_error is not None:
+        raise publish_error
+    return recipe.return_value(results, result)
 
 
 def describe_hardware(accelerator) -> str:
     """One line for the run's results and its model card: processes, device, CPU threads, torch version."""
-    import torch
-
     processes = accelerator.num_processes
     device = accelerator.device
     if device.type == "cuda":
         where = f"{torch.cuda.get_device_name(device)} GPU"
     else:
-        cpu = cpu_model()
         threads = torch.get_num_threads()
-        where = (f"CPU ({cpu}), {os.cpu_count()} cores visible, {threads} torch thread{'s' if threads > 1 else ''} "
-                 "per process")
+        where = (f"CPU ({cpu_model()}), {os.cpu_count()} cores visible, {threads} torch "
+                 f"thread{'s' if threads > 1 else ''} per process")
     return (f"{processes} process{'es' if processes > 1 else ''} on {where}; torch {torch.__version__}, "
             f"mixed precision {accelerator.mixed_precision}")
 
@@ -102,28 +193,4 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def save_run(output_dir, model, processor, results: dict, *args_objects, ema_model=None) -> None:
-    """
-    Write the run folder's model files, processor, `ema/` (when an EMA model is given), `run_args.json` and
-    `eval_results.json`: everything to reload, publish and repeat the run (layout in the module docstring).
-    """
-    from .arguments import save_resolved_args
-
-    os.makedirs(output_dir, exist_ok=True)
-    model.save_pretrained(output_dir)
-    processor.save_pretrained(output_dir)
-    if ema_model is not None:
-        ema_dir = os.path.join(output_dir, EMA_SUBFOLDER)
-        ema_model.save_pretrained(ema_dir)
-        processor.save_pretrained(ema_dir)
-    save_resolved_args(os.path.join(output_dir, RUN_ARGS_NAME), *args_objects)
-    with open(os.path.join(output_dir, EVAL_RESULTS_NAME), "w") as f:
-        json.dump(results, f, indent=2, sort_keys=True)
-
-
-def classify_with_pipeline(model_dir, images, top_k=1) -> list:
-    """Reload the saved folder through `pipeline("image-classification")`, the way users will, and classify."""
-    from transformers import pipeline
-
-    classifier = pipeline("image-classification", model=model_dir, device="cpu")
-    return classifier(list(images), top_k=top_k)
+__all__ = ["Recipe", "RunContext", "cpu_model", "describe_hardware", "run_recipe"]

@@ -7,6 +7,7 @@ The loop (`hf_vit.training.loop.train`) knows nothing about labels or heads: a t
 import torch
 import torch.nn.functional as F
 
+from ..data import ImageClassificationCollator, move_to_device
 from ..evaluation.metrics import classification_metrics
 from ..evaluation.tta import check_test_time_augmentation, classify
 
@@ -70,15 +71,11 @@ class ClassificationTask(Task):
         return getattr(self.model, "module", self.model).config.num_labels
 
     def train_collator(self):
-        from .data import ImageClassificationCollator
-
         return ImageClassificationCollator(
             self.image_processor, self.augmentation, self.num_labels, self.mixup_alpha, self.cutmix_alpha
         )
 
     def eval_collator(self):
-        from .data import ImageClassificationCollator
-
         return ImageClassificationCollator(self.image_processor)
 
     def step(self, batch) -> tuple[torch.Tensor, dict]:
@@ -102,7 +99,7 @@ class ClassificationTask(Task):
         views = self.test_time_augmentation
         gathered = []
         for batch in loader:
-            batch = _to_device(batch, accelerator.device)
+            batch = move_to_device(batch, accelerator.device)
             scores, logits = classify(model, batch["pixel_values"], views, return_single_view=True)
             parts = (scores, batch["labels"]) + ((logits,) if with_single_view else ())
             gathered.append([t.cpu() for t in accelerator.gather_for_metrics(tuple(t.contiguous() for t in parts))])
@@ -112,7 +109,3 @@ class ClassificationTask(Task):
     def evaluate(self, loader, accelerator, model=None) -> dict:
         logits, labels = self.predict(loader, accelerator, model)
         return classification_metrics(logits, labels)
-
-
-def _to_device(batch, device):
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

@@ -19,13 +19,32 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from ..configuration_hf_vit import VIT_VARIANTS
+from ..configuration_hf_vit import VIT_VARIANTS, as_pair
+from ..run_folder import CONFIG_NAME, read_eval_results, read_json, read_run_args, weight_files
 
 
-# model_cards/ sits at the repository root, next to src/.
-MODEL_CARDS_DIR = Path(__file__).resolve().parents[3] / "model_cards"
-DEFAULT_TEMPLATE = MODEL_CARDS_DIR / "template.md"
+TEMPLATE_NAME = "template.md"
+
+
+def model_cards_dir() -> Path:
+    """
+    Where the card template and the per-data-set card data are: `hf_vit/hub/model_cards/` in an installed package
+    (the build copies the repository's top-level `model_cards/` there), else the checkout's `model_cards/` (a source
+    tree or an editable install, where the top-level folder is the one to edit).
+    """
+    packaged = Path(__file__).resolve().parent / "model_cards"
+    if (packaged / TEMPLATE_NAME).is_file():
+        return packaged
+    checkout = Path(__file__).resolve().parents[3] / "model_cards"
+    if (checkout / TEMPLATE_NAME).is_file():
+        return checkout
+    raise FileNotFoundError(
+        f"hf_vit's model card template ({TEMPLATE_NAME}) is missing from this installation (looked in "
+        f"hf_vit/hub/model_cards/ and the source checkout's model_cards/); reinstall hf_vit or pass a template path."
+    )
 
 PAPER_BIBTEX = """@inproceedings{dosovitskiy2021image,
   title     = {An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale},
@@ -134,32 +153,6 @@ class ModelFolder:
         return None
 
 
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path.name}: not valid JSON ({error}); it should hold the {what}.") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path.name}: expected a JSON object with the {what}, got {type(data).__name__}.")
-    return data
-
-
-def weight_files(folder: Path) -> list[Path]:
-    """The safetensors weight files of a model folder (one file, or the shards named by the index)."""
-    single = folder / "model.safetensors"
-    index = folder / "model.safetensors.index.json"
-    if single.is_file():
-        return [single]
-    if index.is_file():
-        shards = sorted(set(_read_json(index, "shard index")["weight_map"].values()))
-        missing = [s for s in shards if not (folder / s).is_file()]
-        if missing:
-            raise ValueError(f"{folder.name}: the shard index names {missing}, which are missing.")
-        return [folder / s for s in shards]
-    return []
-
-
 def count_parameters(files) -> int:
     """Sum of tensor sizes, read from the safetensors headers only (no weights are loaded)."""
     total = 0
@@ -183,18 +176,14 @@ def read_model_folder(folder) -> ModelFolder:
     if not path.is_dir():
         raise ValueError(f"{folder}: not a folder; expected a run folder or an hf_vit model folder (config.json, "
                          "model.safetensors, ...).")
-    if not (path / "config.json").is_file():
-        raise ValueError(f"{path.name}: no config.json; expected a run folder or an hf_vit model folder.")
-    config = _read_json(path / "config.json", "model configuration")
+    if not (path / CONFIG_NAME).is_file():
+        raise ValueError(f"{path.name}: no {CONFIG_NAME}; expected a run folder or an hf_vit model folder.")
+    config = read_json(path / CONFIG_NAME, "model configuration")
     if config.get("model_type") != "hf_vit":
         raise ValueError(f"{path.name}/config.json: model_type is {config.get('model_type')!r}; only hf_vit models "
                          "('hf_vit') are published here. Convert the checkpoint with hf_vit first.")
     files = weight_files(path)
-    run_args = results = None
-    if (path / "run_args.json").is_file():
-        run_args = _read_json(path / "run_args.json", "resolved run arguments")
-    if (path / "eval_results.json").is_file():
-        results = _read_json(path / "eval_results.json", "evaluation results")
+    run_args, results = read_run_args(path), read_eval_results(path)
     ema = sorted(p.name for p in path.iterdir() if is_ema_folder(p))
     return ModelFolder(
         path=path,
@@ -223,7 +212,7 @@ def load_card_data(card_data=None, dataset: str | None = None) -> dict:
     """
     source = "card data"
     if card_data is None and dataset:
-        candidate = MODEL_CARDS_DIR / f"{_normalise_name(dataset)}.yaml"
+        candidate = model_cards_dir() / f"{_normalise_name(dataset)}.yaml"
         card_data = candidate if candidate.is_file() else None
     if card_data is None:
         return {}
@@ -251,15 +240,11 @@ def load_card_data(card_data=None, dataset: str | None = None) -> dict:
 # Describing the model
 
 
-def _pair(value):
-    return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
-
-
 def architecture_name(config: dict) -> str:
     """The paper's notation when the sizes match Table 1 ("ViT-B/16", "R50+ViT-B/16"), else "ViT/4, custom size"."""
     sizes = (config.get("num_hidden_layers"), config.get("hidden_size"), config.get("intermediate_size"),
              config.get("num_attention_heads"))
-    ph, pw = _pair(config.get("patch_size", 16))
+    ph, pw = as_pair(config.get("patch_size", 16))
     patch = str(ph) if ph == pw else f"{ph}x{pw}"
     prefix = ""
     depths = config.get("backbone_depths")
@@ -286,8 +271,6 @@ def _fmt(value) -> str:
 
 
 def _looks_like_hub_id(name: str) -> bool:
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     if os.path.isabs(name) or name.startswith((".", "~")) or os.path.exists(name):
         return False
     try:
@@ -375,8 +358,6 @@ def _split_label(label: str) -> str:
 
 def _metadata(facts, card_data, model_name, dataset_type, dataset_name, base_model):
     """ModelCardData with a model-index from the headline split (test, else validation) and the few-shot results."""
-    from huggingface_hub import EvalResult, ModelCardData
-
     metrics = collect_metrics(facts.eval_results)
     headline = next(((label, m) for label, m in metrics if label in ("test", "validation")), None)
     eval_results = []
@@ -412,8 +393,8 @@ def _metadata(facts, card_data, model_name, dataset_type, dataset_name, base_mod
 
 
 def _details(config, facts, arch, labels, start_text, license_id) -> list[tuple[str, str]]:
-    height, width = _pair(config.get("image_size", 224))
-    ph, pw = _pair(config.get("patch_size", 16))
+    height, width = as_pair(config.get("image_size", 224))
+    ph, pw = as_pair(config.get("patch_size", 16))
     pooling = config.get("pooling", "cls")
     class_token = " + class token" if config.get("use_class_token", pooling == "cls") else ""
     representation = config.get("representation_size")
@@ -569,7 +550,7 @@ def build_card(facts: ModelFolder, repo_id: str, card_data: dict | None = None):
     dataset_type = dataset_info.get("type") or (_normalise_name(dataset_key) if dataset_key else None)
     model_name = repo_id.split("/")[-1]
     arch = architecture_name(config)
-    height, width = _pair(config.get("image_size", 224))
+    height, width = as_pair(config.get("image_size", 224))
     id2label = config.get("id2label") or {}
     labels = [id2label.get(str(i), str(i)) for i in range(len(id2label))]
     num_labels = len(labels) or config.get("num_labels")
@@ -619,15 +600,10 @@ def render_model_card(folder, repo_id: str, *, card_data=None, template_path=Non
     The `huggingface_hub.ModelCard` for a run folder or hf_vit model folder, rendered with `ModelCard.from_template`
     from `model_cards/template.md` (or `template_path`). `card_data`: a YAML path or dict (see `load_card_data`).
     """
-    from huggingface_hub import ModelCard
-
     facts = folder if isinstance(folder, ModelFolder) else read_model_folder(folder)
-    template = Path(template_path) if template_path else DEFAULT_TEMPLATE
+    template = Path(template_path) if template_path else model_cards_dir() / TEMPLATE_NAME
     if not template.is_file():
-        raise FileNotFoundError(
-            f"Card template {template.name!r} not found (looked in {template.parent.name}/); pass `template_path` "
-            "(the template ships in the repository's model_cards/ folder)."
-        )
+        raise FileNotFoundError(f"Card template {template.name!r} does not exist; pass the path of a template file.")
     metadata, variables = build_card(facts, repo_id, load_card_data(card_data, facts.dataset))
     return ModelCard.from_template(metadata, template_path=str(template), **variables)
 
@@ -643,9 +619,6 @@ def check_model_card(text: str, forbidden: tuple = ()) -> list[str]:
     repo ids, holds finite accuracies in [0, 1]; and no `forbidden` string (a token, a local path) appears anywhere.
     An empty list means the card is fine.
     """
-    from huggingface_hub import ModelCard
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     problems = []
     for secret in forbidden:
         if secret and secret in text:

@@ -4,7 +4,7 @@ The paper pre-trains with an inception-style random resized crop and a horizonta
 some data (a mirrored digit is another symbol; a crop of 8% of an 8x8 scan is noise), so "auto" picks per data set.
 Options beyond the paper (RandAugment-style operations, mixup / cutmix) come from the later "How to train your ViT"
 and DeiT recipes and are off unless asked for. Everything runs on tensors, in the DataLoader's worker processes, and
-draws its randomness from the `torch.Generator` it is given (one per batch, see `data.SeededBatchSampler`), so a
+draws its randomness from the `torch.Generator` it is given (one per batch, see `loader.SeededBatchSampler`), so a
 resumed run sees the same augmented batches as an uninterrupted one.
 """
 

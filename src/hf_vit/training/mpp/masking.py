@@ -5,8 +5,8 @@ The paper's self-supervision (ViT paper, section 4.6 and appendix B.1.2): corrup
 from each corrupted position's output, the patch's 3-bit mean colour (512 classes). Attention-guided masking
 (AttMask, Kakogeorgiou et al. 2022) chooses the positions a teacher attends to most instead of random ones.
 
-The plan is drawn here, in the data pipeline, and only *applied* by `ViTForMaskedPatchPrediction` (DESIGN.md, data
-flow). A plan for a batch of B images with N patches each, M = round(rate * N) corrupted per image:
+The plan is drawn here, in the data pipeline, and only *applied* by `ViTForMaskedPatchPrediction` (docs/mpp.md, "Where
+the plan lives"). A plan for a batch of B images with N patches each, M = round(rate * N) corrupted per image:
 
     corrupted_positions  (B, M) long   patch indices (row-major on the patch grid), sorted, distinct per image
     corruption_kind      (B, M) long   MASK (0): the [mask] embedding; REPLACE (1): another patch; KEEP (2): unchanged
@@ -20,13 +20,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..configuration_hf_vit import MPP_TARGETS
+from ...configuration_hf_vit import MPP_TARGETS, as_pair
+from ...data import as_image, derive_seed
+from ...modeling_hf_vit import KEEP, MASK, MPP_COLOR_BITS, MPP_SUB_PATCH_SIDE, REPLACE
 
 
-MASK, REPLACE, KEEP = 0, 1, 2  # the model applies the same codes (modeling_hf_vit.ViTForMaskedPatchPrediction)
 MASKING_STRATEGIES = ("random", "attmask")
-COLOR_BITS = 3  # the paper's 3-bit colours: 8 levels per channel, 512 colours
-DOWNSAMPLED_SIDE = 4  # "downsampled" target: a 4x4 grid of sub-patches per patch
 
 
 def _check_probability(name, value, low_open=True):
@@ -96,7 +95,7 @@ def sample_replacements(positions: torch.Tensor, num_patches: int, generator=Non
 
 def patchify(pixels: torch.Tensor, patch_size) -> torch.Tensor:
     """(B, C, H, W) -> (B, N, C, P_h, P_w) patches in the model's row-major token order."""
-    ph, pw = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+    ph, pw = as_pair(patch_size)
     batch, channels, height, width = pixels.shape
     if height % ph or width % pw:
         raise ValueError(f"Image size {height}x{width} is not divisible by the patch size {ph}x{pw}.")
@@ -104,7 +103,7 @@ def patchify(pixels: torch.Tensor, patch_size) -> torch.Tensor:
     return x.permute(0, 2, 4, 1, 3, 5).reshape(batch, (height // ph) * (width // pw), channels, ph, pw)
 
 
-def quantize_colors(values: torch.Tensor, bits: int = COLOR_BITS) -> torch.Tensor:
+def quantize_colors(values: torch.Tensor, bits: int = MPP_COLOR_BITS) -> torch.Tensor:
     """(..., C) colours in [0, 1] -> (...,) class ids: each channel to `bits` bits, channel 0 most significant."""
     levels = 2**bits
     q = (values.clamp(0.0, 1.0) * levels).floor().clamp(max=levels - 1).long()  # (..., C) in [0, levels)
@@ -128,8 +127,8 @@ def mpp_targets(pixels: torch.Tensor, patch_size, target: str = "mean_color") ->
     if target == "mean_color":
         return quantize_colors(patches.mean(dim=(-1, -2)))  # (B, N)
     if target == "downsampled":
-        small = F.adaptive_avg_pool2d(patches.reshape(batch * n, channels, ph, pw), DOWNSAMPLED_SIDE)
-        small = small.reshape(batch, n, channels, DOWNSAMPLED_SIDE * DOWNSAMPLED_SIDE).transpose(-1, -2)
+        small = F.adaptive_avg_pool2d(patches.reshape(batch * n, channels, ph, pw), MPP_SUB_PATCH_SIDE)
+        small = small.reshape(batch, n, channels, MPP_SUB_PATCH_SIDE * MPP_SUB_PATCH_SIDE).transpose(-1, -2)
         return quantize_colors(small)  # (B, N, 16)
     return patches.reshape(batch, n, channels * ph * pw)
 
@@ -138,7 +137,7 @@ def num_target_classes(target: str, num_channels: int = 3) -> int:
     """Classes per prediction of a categorical target (512 for RGB 3-bit colours); 0 for "pixels"."""
     if target not in MPP_TARGETS:
         raise ValueError(f"`mpp_target` must be one of {list(MPP_TARGETS)}, got {target!r}.")
-    return 0 if target == "pixels" else (2**COLOR_BITS) ** num_channels
+    return 0 if target == "pixels" else (2**MPP_COLOR_BITS) ** num_channels
 
 
 def gather_positions(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -239,8 +238,6 @@ class MaskedPatchCollator:
     def _generator(self, examples, pixel_values):
         """The batch's random source: the loader's per-batch seed (resumable runs), else a plan that depends only on
         the batch's content (`per_batch_plans`, for evaluation), else the collator's own seeded stream."""
-        from .loader import derive_seed
-
         seed = getattr(examples, "seed", None)
         if seed is not None:
             return torch.Generator().manual_seed(derive_seed("masked-patch-plan", seed)), seed
@@ -251,14 +248,12 @@ class MaskedPatchCollator:
         return self.generator, None
 
     def __call__(self, examples) -> dict:
-        from .data import _as_image
-
-        pixel_values = self.image_processor([_as_image(e["image"]) for e in examples], return_tensors="pt")["pixel_values"]
+        pixel_values = self.image_processor([as_image(e["image"]) for e in examples], return_tensors="pt")["pixel_values"]
         generator, seed = self._generator(examples, pixel_values)
         if self.augment is not None:
             pixel_values = self.augment(pixel_values, generator=generator)
         batch = pixel_values.shape[0]
-        ph, pw = (self.patch_size, self.patch_size) if isinstance(self.patch_size, int) else tuple(self.patch_size)
+        ph, pw = as_pair(self.patch_size)
         num_patches = (pixel_values.shape[2] // ph) * (pixel_values.shape[3] // pw)
         plan = plan_corruption(batch, num_patches, self.mask_ratio, self.split, generator=generator)
         targets = mpp_targets(self.unnormalize(pixel_values), (ph, pw), self.mpp_target)

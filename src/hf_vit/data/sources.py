@@ -1,6 +1,5 @@
-"""Image-classification data for the recipes: one entry point for every source, fixed splits, bad-image checks,
-and the batch collator (ViT paper, section 4.1: the data sets of the paper come from TFDS / the Hub; here any of
-the sources below).
+"""Image-classification data sets: one entry point for every source, fixed splits and the bad-image screening (ViT
+paper, section 4.1: the paper's data sets come from TFDS / the Hub; here any of the sources below).
 
 Sources (`DataArguments.dataset`):
 - `digits`: scikit-learn's 1,797 real 8x8 scans of handwritten digits, shipped inside scikit-learn (offline).
@@ -11,20 +10,19 @@ Every source becomes `datasets` splits with an `image` and a `label` column, so 
 `transformers.Trainer` (see `TrainerTransform`).
 """
 
-import io
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-import PIL.Image
-import torch
+from datasets import ClassLabel, Dataset, Features, load_dataset
+from datasets import Image as ImageFeature
 
+from .arguments import DataArguments
 from .idx import FASHION_MNIST_LABELS, find_idx_files, load_idx_split
+from .screening import ON_BAD_IMAGE, StreamImageFilter, drop_bad_images
 
 
 SOURCE_KINDS = ("digits", "idx", "imagefolder", "hub")
-ON_BAD_IMAGE = ("skip", "fail")
 _IMAGE_COLUMNS = ("image", "img", "pixel_values", "png", "jpg", "jpeg")
 _LABEL_COLUMNS = ("label", "labels", "fine_label", "class", "cls")
 
@@ -80,9 +78,6 @@ def resolve_source_kind(dataset: str, dataset_format: str = "auto") -> str:
 
 
 def _features(label_names):
-    from datasets import ClassLabel, Features
-    from datasets import Image as ImageFeature
-
     return Features({"image": ImageFeature(), "label": ClassLabel(names=list(label_names))})
 
 
@@ -99,7 +94,6 @@ def _netpbm_images(pixels: np.ndarray) -> list[dict]:
 
 
 def _load_digits():
-    from datasets import Dataset
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -111,8 +105,6 @@ def _load_digits():
 
 
 def _load_idx(folder, label_names=None):
-    from datasets import Dataset
-
     files = find_idx_files(folder)
     if "train" not in files:
         raise ValueError(f"{folder}: no training IDX files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz]).")
@@ -132,8 +124,6 @@ def _load_idx(folder, label_names=None):
 
 
 def _load_with_datasets(kind, data_args):
-    from datasets import load_dataset
-
     if kind == "imagefolder":
         loaded = load_dataset("imagefolder", data_dir=data_args.dataset, streaming=data_args.streaming)
     else:
@@ -175,9 +165,6 @@ def _load_with_datasets(kind, data_args):
 
 
 def _pick_column(dataset, requested, candidates, what, source):
-    from datasets import ClassLabel
-    from datasets import Image as ImageFeature
-
     columns = list(dataset.column_names or (dataset.features or {}).keys())
     if requested != "auto":
         if requested not in columns:
@@ -192,82 +179,6 @@ def _pick_column(dataset, requested, candidates, what, source):
     if named:
         return named[0]
     raise ValueError(f"{source}: cannot tell which column holds the {what}; columns are {columns}. Pass `{what}_column`.")
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Unreadable / corrupt images: found before training, never mid-epoch
-
-
-def check_image(value) -> str | None:
-    """None when an `Image(decode=False)` value ({"bytes", "path"}) decodes fully, else the reason it does not."""
-    if value is None:
-        return "missing image"
-    try:
-        source = io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
-        if source is None:
-            return "no bytes and no path"
-        with PIL.Image.open(source) as image:
-            if image.width < 1 or image.height < 1:
-                return f"empty image ({image.width}x{image.height})"
-            image.draft(image.mode, (64, 64))  # JPEG: decode at reduced size; truncation is still detected
-            image.load()
-    except Exception as error:  # noqa: BLE001  (any decoder error makes the image unusable)
-        return f"{type(error).__name__}: {error}"
-    return None
-
-
-def find_bad_images(dataset, num_threads: int = 4) -> list[tuple[int, str, str]]:
-    """[(row, path or 'row N', reason), ...] for every row of `dataset` whose `image` does not decode."""
-    from datasets import Image as ImageFeature
-
-    raw = dataset.cast_column("image", ImageFeature(decode=False)).select_columns(["image"])
-    bad, offset = [], 0
-    with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:  # PIL decoders release the GIL
-        for chunk in raw.iter(batch_size=512):
-            values = chunk["image"]
-            for i, reason in enumerate(pool.map(check_image, values)):
-                if reason is not None:
-                    where = (values[i] or {}).get("path") or f"row {offset + i}"
-                    bad.append((offset + i, where, reason))
-            offset += len(values)
-    return bad
-
-
-class BadImageError(ValueError):
-    """Raised with `on_bad_image='fail'`: lists every unreadable image."""
-
-
-def _drop_bad_images(split_name, dataset, on_bad_image, skipped, num_threads):
-    bad = find_bad_images(dataset, num_threads)
-    if not bad:
-        return dataset
-    listing = "\n".join(f"  {where}: {reason}" for _, where, reason in bad)
-    if on_bad_image == "fail":
-        raise BadImageError(
-            f"{len(bad)} unreadable image(s) in the {split_name!r} split (on_bad_image='fail'):\n{listing}\n"
-            "Fix or remove them, or pass `--on_bad_image skip` to train without them."
-        )
-    first = ", ".join(where for _, where, _ in bad[:5])
-    print(f"data: skipping {len(bad)} unreadable image(s) in the {split_name!r} split (first: {first})")
-    skipped.extend((split_name, row, where, reason) for row, where, reason in bad)
-    bad_rows = {row for row, _, _ in bad}
-    return dataset.select([i for i in range(len(dataset)) if i not in bad_rows])
-
-
-class _StreamImageFilter:
-    """Streaming: rows are checked as they arrive (a stream cannot be scanned up front); bad ones skipped or fatal."""
-
-    def __init__(self, split_name, on_bad_image):
-        self.split_name, self.on_bad_image = split_name, on_bad_image
-
-    def __call__(self, example) -> bool:
-        reason = check_image(example["image"])
-        if reason is None:
-            return True
-        where = (example["image"] or {}).get("path") or "a streamed row"
-        if self.on_bad_image == "fail":
-            raise BadImageError(f"unreadable image in the streamed {self.split_name!r} split: {where}: {reason}")
-        return False
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -356,15 +267,13 @@ def load_image_classification_data(data_args) -> ImageClassificationData:
 
     skipped = []
     if kind in ("imagefolder", "hub"):
-        from datasets import Image as ImageFeature
-
         for name in list(splits):
             if streaming:
                 # Rows stay undecoded ({"bytes", "path"}) after the check: the collator decodes them, once.
                 undecoded = splits[name].cast_column("image", ImageFeature(decode=False))
-                splits[name] = undecoded.filter(_StreamImageFilter(name, data_args.on_bad_image))
+                splits[name] = undecoded.filter(StreamImageFilter(name, data_args.on_bad_image))
             else:
-                splits[name] = _drop_bad_images(name, splits[name], data_args.on_bad_image, skipped,
+                splits[name] = drop_bad_images(name, splits[name], data_args.on_bad_image, skipped,
                                                 max(2, data_args.num_workers))
 
     train, validation, test = _make_splits(splits, data_args, streaming)
@@ -380,128 +289,9 @@ def load_image_classification_data(data_args) -> ImageClassificationData:
 
 def load_digits_data(test_fraction=0.2, validation_fraction=0.1, split_seed=0) -> ImageClassificationData:
     """scikit-learn's digits with the main job's fixed split (a shortcut for `load_image_classification_data`)."""
-    from .arguments import DataArguments
-
     return load_image_classification_data(
         DataArguments(dataset="digits", test_fraction=test_fraction, validation_fraction=validation_fraction,
                       split_seed=split_seed)
     )
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Batches
-
-
-def _as_image(value):
-    """A decoded image, or an undecoded {"bytes", "path"} value decoded now."""
-    if isinstance(value, dict) and ("bytes" in value or "path" in value):
-        source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
-        image = PIL.Image.open(source)
-        image.load()
-        return image
-    return value
-
-
-class DecodedImages(torch.utils.data.Dataset):
-    """
-    A map-style image data set decoded once into memory: each image as the array the image processor makes of it
-    (uint8, or float32 for 16-bit / float images), with its label. The training loader then reads arrays instead of
-    decoding every image again in every epoch (Fashion-MNIST: 47 MB for 60,000 images, decoded in ~2 s; a batch of
-    128 is collated in 2.0 ms instead of 6.5, about 2% of a training step of the shipped hybrid config). The
-    processor, augmentation and batches are unchanged.
-    """
-
-    def __init__(self, dataset, image_processor, chunk_size: int = 1000):
-        from ..image_processing_hf_vit import _pil_to_array
-
-        if not hasattr(dataset, "__len__"):
-            raise ValueError("DecodedImages needs a map-style data set (with a length); got a streamed one.")
-        convert_rgb = image_processor.do_convert_rgb
-        self.images, self.labels = [], []
-        for start in range(0, len(dataset), chunk_size):
-            rows = dataset[start : start + chunk_size]
-            for offset, value in enumerate(rows["image"]):
-                image = _as_image(value)
-                self.images.append(_pil_to_array(image, start + offset, convert_rgb)
-                                   if isinstance(image, PIL.Image.Image) else image)
-            self.labels.extend(rows["label"])
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, index):
-        return {"image": self.images[index], "label": self.labels[index]}
-
-    def __getitems__(self, indices):
-        return [self[index] for index in indices]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(getattr(image, "nbytes", 0) for image in self.images)
-
-
-def training_rows(data: ImageClassificationData, data_args, image_processor):
-    """The training split as the loader reads it: decoded once into memory with `cache_decoded_images`, else as is."""
-    return DecodedImages(data.train, image_processor) if data_args.cache_decoded_images else data.train
-
-
-class ImageClassificationCollator:
-    """
-    list of {"image", "label"} -> {"pixel_values": (B, 3, H, W), "labels": (B,) or soft (B, K) with mixup/cutmix}.
-
-    Runs in the DataLoader workers: preprocessing (the model's `ViTImageProcessor`, batched), then the training
-    augmentation and mixup/cutmix, with randomness from the batch's own seed when the sampler gives one (resumable),
-    else from the worker's global generator.
-    """
-
-    def __init__(self, image_processor, augmentation=None, num_classes=None, mixup_alpha=0.0, cutmix_alpha=0.0):
-        if (mixup_alpha > 0 or cutmix_alpha > 0) and not num_classes:
-            raise ValueError("mixup / cutmix need `num_classes`.")
-        if mixup_alpha < 0 or cutmix_alpha < 0:
-            raise ValueError(f"`mixup_alpha` and `cutmix_alpha` must be >= 0 (0 = off), got {mixup_alpha}, {cutmix_alpha}.")
-        self.image_processor = image_processor
-        self.augment = augmentation
-        self.num_classes = num_classes
-        self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
-
-    def __call__(self, examples):
-        seed = getattr(examples, "seed", None)
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        images = [_as_image(e["image"]) for e in examples]
-        pixel_values = self.image_processor(images, return_tensors="pt")["pixel_values"]
-        labels = torch.tensor([e["label"] for e in examples], dtype=torch.long)
-        if self.augment is not None:
-            pixel_values = self.augment(pixel_values, generator=generator)
-        if self.mixup_alpha > 0 or self.cutmix_alpha > 0:
-            from .transforms import mixup_cutmix
-
-            pixel_values, labels = mixup_cutmix(
-                pixel_values, labels, self.num_classes, self.mixup_alpha, self.cutmix_alpha, generator=generator
-            )
-        return {"pixel_values": pixel_values, "labels": labels}
-
-
-class TrainerTransform:
-    """
-    The same preprocessing and augmentation for `transformers.Trainer`: a `Dataset.with_transform` function
-    (batch of columns -> {"pixel_values", "labels"}). Use it with `remove_unused_columns=False`.
-
-    Example:
-
-    ```python
-    >>> data = load_image_classification_data(DataArguments(dataset="digits"))
-    >>> train = data.train.with_transform(TrainerTransform(processor, BatchAugmentation("translate", ...)))
-    >>> test = data.test.with_transform(TrainerTransform(processor))
-    ```
-    """
-
-    def __init__(self, image_processor, augmentation=None):
-        self.image_processor = image_processor
-        self.augment = augmentation
-
-    def __call__(self, batch: dict) -> dict:
-        images = [_as_image(image) for image in batch["image"]]
-        pixel_values = self.image_processor(images, return_tensors="pt")["pixel_values"]
-        if self.augment is not None:
-            pixel_values = self.augment(pixel_values)  # the worker's own generator
-        return {"pixel_values": pixel_values, "labels": torch.tensor(batch["label"], dtype=torch.long)}
