@@ -265,9 +265,9 @@ def _nearest_indices(in_size: int, out_size: int) -> torch.Tensor:
 def _resize(batch: torch.Tensor, height: int, width: int, resample: int) -> torch.Tensor:
     """(n, C, h, w) uint8 or float32 -> (n, C, height, width), same dtype; PIL-style antialiasing.
 
-    NOTE: for PIL input, PIL's own C resize per image (then stacking the small results) was measured too: 634 vs
-    997 images/s for this batched uint8 path on 64 photos of 500x375 (2 threads); it matches PIL exactly, while this
-    path differs by at most one 8-bit level on ~0.3% of values (torch's fixed-point precision differs from PIL's).
+    NOTE: for PIL input, PIL's own C resize per image (then stacking the small results) matches PIL exactly but is
+    slower than this batched uint8 path (bench/README.md, "Design measurements"), which differs by at most one 8-bit
+    level on a fraction of a percent of values (torch's fixed-point precision differs from PIL's).
     """
     if tuple(batch.shape[-2:]) == (height, width):
         return batch
@@ -340,8 +340,8 @@ class _PixelValuesWriter:
         else:
             target = torch.empty((len(indices), *shape), dtype=torch.float32)
         # x * scale + bias as a layout change of the 8-bit data, a contiguous conversion to float32 and two in-place
-        # passes. NOTE: a single fused `torch.addcmul(bias, uint8_channels_last, scale)` was measured 1.6x slower
-        # (its mixed-dtype, strided broadcast takes a slow path on CPU).
+        # passes. NOTE: not a single fused `torch.addcmul(bias, uint8_channels_last, scale)`: its mixed-dtype, strided
+        # broadcast takes a slow path on CPU.
         target.copy_(batch.contiguous() if batch.dtype == torch.uint8 else batch)
         target.mul_(scale).add_(bias)
         if not contiguous_rows:
@@ -572,8 +572,8 @@ class HfViTImageProcessor(BaseImageProcessor):
         """Decode, group same-size images, and resize / crop / normalize each group in chunks of ~8 MB.
 
         Chunks (rather than one stack of the whole group) keep the stacking buffers small enough for the allocator
-        to reuse them, instead of page-faulting a fresh multi-MB mapping on every call (measured: 1.6x less CPU time
-        on 64 photos of 500x375), while each resize call still gets a batch (few parallel regions per call).
+        to reuse them, instead of page-faulting a fresh multi-MB mapping on every call, while each resize call still
+        gets a batch (few parallel regions per call).
         """
         convert_rgb = settings["do_convert_rgb"]
         writer = _PixelValuesWriter(len(inputs), settings)

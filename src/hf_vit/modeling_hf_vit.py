@@ -905,7 +905,7 @@ class ViTModel(ViTPreTrainedModel):
         pooled_only (`bool`, *optional*, defaults to `False`):
             Compute only what `pooler_output` needs. With class-token pooling the last block then runs its queries,
             projection and MLP on the class token alone (its keys and values still cover every token): the same
-            numbers for ~1/L less work (~7% at B/16), and `last_hidden_state` holds the class token only. Ignored
+            numbers for about 1/L less work, and `last_hidden_state` holds the class token only. Ignored
             when hidden states or attentions are requested, or for the other poolings (they read every token).
         """
         pixel_values, output_attentions, output_hidden_states, return_dict = self._forward_settings(

@@ -93,10 +93,9 @@ class GroupNorm(nn.GroupNorm):
     """
     `nn.GroupNorm` (same parameters, same values) that routes one slow case of torch's CPU kernels around itself: a
     bf16/fp16 channels-last input with fewer than 16 channels per group, which the channels-last kernel (vectorised
-    across a group's channels) normalises 2-7x slower than the channels-first one does after a layout copy there and
-    back. Measured with 2 threads, forward + backward, batch 128: 15.9 vs 4.5 ms at 64 channels of 16x16 in 16 groups,
-    3.8 vs 0.9 ms at 8x8 (fp16 alike: 14.7 vs 5.1 ms at 16x16); from 16 channels per group on, and in fp32, the
-    channels-last kernel is the faster one.
+    across a group's channels) normalises several times slower than the channels-first one does after a layout copy
+    there and back; from 16 channels per group on, and in fp32, the channels-last kernel is the faster one (figures:
+    bench/README.md, "Design measurements").
     """
 
     channels_first_below = 16  # channels per group; 0 turns the rerouting off
@@ -210,7 +209,7 @@ class ResNetV2Backbone(nn.Module):
         self.stages = nn.ModuleList(stages)
 
     # On CPU the ResNet runs channels-last (the same values to fp32 rounding): oneDNN's convolutions, GroupNorm and
-    # above all the max-pool are faster there (the pool's forward + backward about 6x). Outputs are channels-last too.
+    # above all the max-pool are faster there (bench/README.md, "Design measurements"). Outputs are channels-last too.
     channels_last_on_cpu = True
 
     def forward(self, pixel_values: torch.Tensor, output_stages: bool = False):

@@ -15,6 +15,8 @@ next few batches differ from an uninterrupted run's).
 import hashlib
 
 import torch
+from datasets import IterableDataset as StreamingDataset
+from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 
@@ -117,8 +119,6 @@ class StreamBatches(IterableDataset):
     """
 
     def __init__(self, stream, batch_size, seed, num_processes=1, process_index=0, shuffle_buffer_size=10_000):
-        from datasets.distributed import split_dataset_by_node
-
         if shuffle_buffer_size > 0:
             stream = stream.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
         if num_processes > 1:
@@ -152,8 +152,6 @@ class StreamBatches(IterableDataset):
 def build_train_loader(dataset, collate_fn, batch_size, seed, num_processes, process_index, accumulation,
                        num_workers=0, shuffle_buffer_size=10_000):
     """(DataLoader, sampler-or-stream with `set_epoch(epoch, start_step)`) for the training split."""
-    from datasets import IterableDataset as StreamingDataset
-
     # A private generator: the DataLoader must not draw from the global RNG (dropout's), or a resumed run would
     # consume one draw more than an uninterrupted one.
     generator = torch.Generator().manual_seed(derive_seed("loader", seed))

@@ -85,7 +85,7 @@ def _netpbm_images(pixels: np.ndarray) -> list[dict]:
     """(N, H, W) uint8 grayscale -> `Image` feature values holding binary PGM files.
 
     NOTE: PGM instead of the PNG `datasets` would write: the same pixels, but writing is a header plus the raw bytes
-    (70,000 Fashion-MNIST images in a fraction of a second instead of ~10 s of PNG compression) and decoding is faster.
+    (no compression pass over tens of thousands of images at load time) and decoding is faster.
     """
     if pixels.ndim != 3 or pixels.dtype != np.uint8:
         raise ValueError(f"expected (N, H, W) uint8 images, got {pixels.dtype} {pixels.shape}")

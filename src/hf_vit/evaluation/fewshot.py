@@ -11,6 +11,7 @@ model's pooled output (the pre-logits when the model has them), as in the paper.
 from dataclasses import dataclass
 
 import torch
+from torch.utils.data import DataLoader
 
 
 DEFAULT_SHOTS = (1, 5, 10, 25)
@@ -177,8 +178,6 @@ class FewShotEvaluator:
         self.num_classes = len(labels.unique())
 
     def _loader(self, dataset):
-        from torch.utils.data import DataLoader
-
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, collate_fn=self.collate_fn)
 
     def __call__(self, model, accelerator=None) -> dict:

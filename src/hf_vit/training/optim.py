@@ -75,8 +75,8 @@ def build_optimizer(model, args) -> torch.optim.Optimizer:
 
 def _fused_if_possible(optimizer_class, groups, **kwargs):
     # The fused kernels update every parameter in one call. On CPU the default per-parameter loop launches ~10 small
-    # ops per tensor, each paying the OpenMP barrier: with 2 threads that loop took 230 ms of a 600 ms step for a
-    # 1.4M-parameter hybrid, against 1 ms fused. Same update rule; the rounding of the fused arithmetic differs.
+    # ops per tensor, each paying the OpenMP barrier, which for small models costs a large share of the step
+    # (bench/README.md, "Design measurements"). Same update rule; the rounding of the fused arithmetic differs.
     devices = {p.device.type for group in groups for p in group["params"]}
     if devices <= {"cpu", "cuda"}:
         try:
