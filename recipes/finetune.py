@@ -11,6 +11,7 @@ gradient clipping at global norm 1, optional Polyak averaging (`ema_decay 0.9999
 
 import sys
 
+from hf_vit.cli_support import run_command
 from hf_vit.data import DataArguments
 from hf_vit.training import (
     FinetuneModelArguments,
@@ -30,5 +31,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
-    sys.exit(0)
+    sys.exit(run_command(main))  # a user error: one message and exit code 2 (--debug shows the traceback)

@@ -200,4 +200,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from hf_vit.cli_support import run_command
+
+    sys.exit(run_command(main))

@@ -9,6 +9,7 @@ the tanh pre-logits head (`representation_size`). The same shared loop as fine-t
 
 import sys
 
+from hf_vit.cli_support import run_command
 from hf_vit.data import DataArguments
 from hf_vit.training import ModelArguments, TrainArguments, parse_recipe_args, run_image_classification
 
@@ -19,5 +20,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
-    sys.exit(0)
+    sys.exit(run_command(main))  # a user error: one message and exit code 2 (--debug shows the traceback)

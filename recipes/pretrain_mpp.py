@@ -10,6 +10,7 @@ training; the few-shot linear evaluation reads them. The run folder is a startin
 
 import sys
 
+from hf_vit.cli_support import run_command
 from hf_vit.data import DataArguments
 from hf_vit.training import ModelArguments, parse_recipe_args
 from hf_vit.training.mpp import MaskedPatchArguments, MaskedPatchTrainArguments, run_masked_patch_prediction
@@ -21,5 +22,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
-    sys.exit(0)
+    sys.exit(run_command(main))  # a user error: one message and exit code 2 (--debug shows the traceback)

@@ -13,6 +13,7 @@ ema/; never checkpoints/ or logs/), checks that it loads where hf_vit is not ins
 
 import sys
 
+from hf_vit.cli_support import run_command
 from hf_vit.hub import HubPublishError, PushArguments, push
 from hf_vit.training import parse_recipe_args
 
@@ -22,10 +23,14 @@ def main(argv=None):
     return push(args)
 
 
-if __name__ == "__main__":
+def _command(argv) -> int:
     try:
-        main()
-    except (HubPublishError, ValueError, FileNotFoundError) as error:
+        main(argv)
+    except HubPublishError as error:  # the Hub refused or could not be reached: not a mistake in the arguments
         print(f"push_to_hub: {error}", file=sys.stderr)
-        sys.exit(1)
-    sys.exit(0)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_command(_command))  # a user error: one message and exit code 2 (--debug shows the traceback)

@@ -40,5 +40,8 @@ def test_predict_reports_unreadable_images(model_dir, tmp_path, capsys):
 def test_info_counts_parameters(model_dir, capsys):
     assert main(["info", str(model_dir)]) == 0
     info = json.loads(capsys.readouterr().out)
-    expected = sum(p.numel() for p in ViTForImageClassification.from_pretrained(model_dir).vit.parameters())
-    assert info["parameters"] == expected and info["model_type"] == "hf_vit"
+    model = ViTForImageClassification.from_pretrained(model_dir)
+    # The whole saved model (what its card counts from the weights), and the encoder without the head beside it.
+    assert info["parameters"] == sum(p.numel() for p in model.parameters())
+    assert info["encoder_parameters"] == sum(p.numel() for p in model.vit.parameters()) < info["parameters"]
+    assert info["model_type"] == "hf_vit" and info["class"] == "ViTForImageClassification"

@@ -5,10 +5,19 @@
 `run=<function(args) -> int>` as a default. Imports stay lazy so that `hf-vit --help` is quick.
 """
 
-import argparse
 import importlib
 import json
 import sys
+
+from .cli_support import (
+    DEBUG_FLAG,
+    ArgumentParser,
+    USER_ERRORS,
+    check_model_location,
+    debug_requested,
+    describe_error,
+    report_user_error,
+)
 
 # Modules that contribute subcommands (each defines `add_subcommand(subparsers)`).
 SUBCOMMAND_MODULES: list[str] = ["hf_vit.analysis.cli", "hf_vit.hub.cli", "hf_vit.conversion.cli", "hf_vit.evaluation.cli"]
@@ -20,32 +29,46 @@ def _predict(args) -> int:
 
     import hf_vit  # noqa: F401  (registers the Auto classes)
 
-    classifier = transformers.pipeline("image-classification", model=args.model, device="cpu")
-    for path in args.images:
+    classifier = transformers.pipeline("image-classification", model=check_model_location(args.model), device="cpu")
+    failures = 0
+    for path in args.images:  # an unreadable image is reported and skipped; the others are still classified
         try:
             image = Image.open(path)
+            image.load()
         except (OSError, ValueError) as error:
-            print(f"{path}: cannot read this image ({error})", file=sys.stderr)
-            return 2
+            print(f"hf-vit predict: {path}: cannot read this image ({describe_error(error)})", file=sys.stderr)
+            failures += 1
+            continue
         predictions = classifier(image, top_k=args.top_k)
         if args.json:
             print(json.dumps({"image": path, "predictions": predictions}))
         else:
             print(f"{path}: " + ", ".join(f"{p['label']} ({p['score']:.3f})" for p in predictions))
+    if failures:
+        print(f"hf-vit predict: {failures} of {len(args.images)} image(s) could not be read", file=sys.stderr)
+        return 2
     return 0
 
 
 def _info(args) -> int:
     import torch
+    from transformers import AutoConfig
 
-    import hf_vit  # noqa: F401
-    from transformers import AutoConfig, AutoModel
+    from . import modeling_hf_vit
 
-    config = AutoConfig.from_pretrained(args.model)
+    config = AutoConfig.from_pretrained(check_model_location(args.model))
+    # The saved class (config.architectures), so that the count is that of the saved weights, head included.
+    name = (getattr(config, "architectures", None) or ["ViTModel"])[0]
+    model_class = getattr(modeling_hf_vit, name, None) if config.model_type == "hf_vit" else None
+    if model_class is None:
+        raise ValueError(f"{args.model}: `hf-vit info` describes hf_vit models; this one is a {config.model_type!r} "
+                         f"{name} (convert it with `hf-vit convert` first).")
     with torch.device("meta"):
-        model = AutoModel.from_config(config)
+        model = model_class(config)
+    base = getattr(model, model.base_model_prefix, model)
     fields = {
         "model_type": config.model_type,
+        "class": name,
         "image_size": config.image_size,
         "patch_size": config.patch_size,
         "hidden_size": config.hidden_size,
@@ -53,16 +76,18 @@ def _info(args) -> int:
         "num_attention_heads": config.num_attention_heads,
         "pooling": getattr(config, "pooling", "cls"),
         "num_labels": config.num_labels,
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": sum(p.numel() for p in model.parameters()),  # the whole saved model, head included
+        "encoder_parameters": sum(p.numel() for p in base.parameters()),  # without the head
     }
     print(json.dumps(fields, indent=2))
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="hf-vit", description="The Vision Transformer, Hugging Face-compatible.")
+    parser = ArgumentParser(prog="hf-vit", description="The Vision Transformer, Hugging Face-compatible.",
+                            epilog=f"User errors are one line and exit code 2; {DEBUG_FLAG} (anywhere) shows the traceback.")
     parser.add_argument("--version", action="version", version=f"hf-vit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -73,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="One JSON line per image")
     predict.set_defaults(run=_predict)
 
-    info = commands.add_parser("info", help="Architecture and parameter count of a model folder.")
+    info = commands.add_parser("info", help="Architecture and parameter count (whole model and encoder) of a model folder.")
     info.add_argument("model")
     info.set_defaults(run=_info)
 
@@ -83,8 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """`hf-vit ...`: a user error is one message on stderr and exit code 2 (see `cli_support.run_command`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(argv)
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    if debug:
+        return args.run(args)
+    try:
+        return args.run(args)
+    except USER_ERRORS as error:
+        return report_user_error(f"hf-vit {args.command}", error)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,8 @@ def add_subcommand(subparsers) -> None:
     parser.add_argument("--no-check", action="store_true", help="Skip the numerical checks (large models, low memory)")
     parser.add_argument("--max-shard-size", default="2GB", help="Safetensors shard size (default: 2GB)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="Replace a non-empty OUT (only once the new one is complete)")
+                        help="Write into a non-empty OUT: the files the conversion writes replace their namesakes "
+                             "there once all of them are complete; other files in OUT are left as they are")
     parser.set_defaults(run=run)
 
 

@@ -14,27 +14,30 @@ import tempfile
 
 @contextlib.contextmanager
 def atomic_folder(out_dir, overwrite: bool = False):
-    """Yield a temporary folder beside `out_dir`; when the block ends without error it becomes `out_dir`.
+    """Yield a temporary folder beside `out_dir`; when the block ends without error its files go to `out_dir`.
 
-    An existing non-empty `out_dir` is an error unless `overwrite`; it is then replaced only after the new folder is
-    complete."""
+    A new `out_dir` is the temporary folder renamed. An existing non-empty `out_dir` is an error unless `overwrite`;
+    then only the files this conversion wrote replace their namesakes there, one atomic rename each, once the new
+    folder is complete; other files in `out_dir` are left as they are."""
     out_dir = os.path.abspath(os.fspath(out_dir))
     exists = os.path.lexists(out_dir)
     if exists and not os.path.isdir(out_dir):
         raise FileExistsError(f"{out_dir} exists and is not a folder; choose another output path.")
     if exists and os.listdir(out_dir) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not empty; choose another output folder or pass --overwrite.")
+        raise FileExistsError(f"{out_dir} exists and is not empty; choose another output folder or pass --overwrite "
+                              "(it replaces only the files the conversion writes).")
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.partial-", dir=parent)
     try:
         yield tmp
         if exists:
-            backup = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=parent)
-            os.rmdir(backup)
-            os.rename(out_dir, backup)
-            os.rename(tmp, out_dir)
-            shutil.rmtree(backup, ignore_errors=True)
+            for folder, _, files in os.walk(tmp):
+                target = os.path.join(out_dir, os.path.relpath(folder, tmp))
+                os.makedirs(target, exist_ok=True)
+                for name in files:
+                    os.replace(os.path.join(folder, name), os.path.join(target, name))
+            shutil.rmtree(tmp, ignore_errors=True)
         else:
             os.rename(tmp, out_dir)
     except BaseException:

@@ -5,6 +5,7 @@ becomes the float the field declares), and unknown keys are an error naming the 
 """
 
 import dataclasses
+import difflib
 import inspect
 import os
 import re
@@ -96,7 +97,9 @@ class TrainArguments(prefixed_options("hub_", "With push_to_hub: ")):
     layer_decay: float = field(default=1.0, metadata={"help": "Layer-wise lr decay factor per block below the head (1: off)."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Clip gradients at this global norm (0: off)."})
     label_smoothing: float = 0.0
-    mixed_precision: str = field(default="no", metadata={"help": "no | bf16 | fp16"})
+    mixed_precision: str | None = field(default=None, metadata={"help": "no | bf16 | fp16; unset: whatever the launcher or accelerate config says (`accelerate launch --mixed_precision bf16`, ACCELERATE_MIXED_PRECISION), else no."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute each block's activations in the backward pass instead of storing them (less memory, more compute)."})
+    torch_compile: bool = field(default=False, metadata={"help": "Compile the model with torch.compile (Accelerate's dynamo plugin, inductor backend). false: the launcher decides (`accelerate launch --dynamo_backend ...`, ACCELERATE_DYNAMO_BACKEND), by default no compilation."})
     ema_decay: float = field(default=0.0, metadata={"help": "Polyak / EMA factor, e.g. 0.9999 (0: off); saved to the run's ema/."})
     ema_warmup: bool = field(default=True, metadata={"help": "Warm the EMA factor up as min(decay, (1+t)/(10+t))."})
     test_time_augmentation: str = field(default="none", metadata={"help": "none (one view, as the paper) | flip (each evaluation image's and its mirror image's class probabilities averaged)."})
@@ -105,8 +108,12 @@ class TrainArguments(prefixed_options("hub_", "With push_to_hub: ")):
     fewshot_shots: list[int] = field(default_factory=lambda: [1, 5, 10, 25], metadata={"help": "Shots per class for few-shot evaluation."})
     log_every_steps: int = 10
     save_every_steps: int = field(default=0, metadata={"help": "Save a resumable checkpoint every N steps (0: only at the end)."})
-    save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept (the newest k; 0 keeps all)."})
+    save_every_epochs: int = field(default=0, metadata={"help": "Save a resumable checkpoint at the end of every N epochs (0: off; with save_every_steps, both)."})
+    save_total_limit: int = field(default=2, metadata={"help": "Checkpoints of this run kept (the newest k, plus the best one; 0 keeps all). Checkpoints of other runs are never removed."})
+    keep_best_metric: str = field(default="", metadata={"help": "A validation metric, e.g. 'accuracy' or 'loss' (also 'ema_accuracy', 'fewshot/5shot_accuracy'): after each evaluation that improves it, a checkpoint is saved and kept beside the newest ones ('': off)."})
+    keep_best_mode: str = field(default="auto", metadata={"help": "max | min | auto (min for names containing 'loss', else max)."})
     resume: str = field(default="", metadata={"help": "'latest' (newest checkpoint of output_dir, or start fresh), a checkpoint folder, or '' (start fresh)."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Start a fresh run in an output_dir that holds an earlier run: its checkpoints are moved aside (not deleted), its results replaced. Without it such a run is refused."})
     report_to: str = field(default="tensorboard", metadata={"help": "Trackers Accelerate supports, comma-separated, or 'none'."})
     predict_examples: int = field(default=5, metadata={"help": "Held-out images classified through pipeline() at the end."})
     push_to_hub: str | None = field(default=None, metadata={"help": "Hub repository 'namespace/name' to publish the run folder to after training (docs/hub.md; checked before training). Off by default."})
@@ -134,6 +141,8 @@ class FinetuneTrainArguments(TrainArguments):
 # Arguments that do not change what is computed: they may differ between a run and its resumption.
 BOOKKEEPING_FIELDS = frozenset({
     "output_dir", "resume", "report_to", "log_every_steps", "save_every_steps", "save_total_limit", "num_workers",
+    "save_every_epochs", "keep_best_metric", "keep_best_mode", "overwrite_output_dir", "gradient_checkpointing",
+    "torch_compile", "pin_memory",
     "cache_decoded_images",
     "predict_examples", "eval_batch_size", "attn_implementation",
     "push_to_hub", *(f.name for f in dataclasses.fields(prefixed_options("hub_"))),
@@ -164,7 +173,8 @@ def parse_recipe_args(dataclass_types, argv=None):
     field types, like command-line values.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(dataclass_types)
+    parser = HfArgumentParser(dataclass_types, allow_abbrev=False)  # `--learning_rat` is a mistake, not learning_rate
+    known = {f.name for cls in dataclass_types for f in dataclasses.fields(cls)}
     yaml_argv = []
     if argv and argv[0].endswith((".yaml", ".yml")):
         path = argv.pop(0)
@@ -174,13 +184,25 @@ def parse_recipe_args(dataclass_types, argv=None):
             values = yaml.safe_load(f) or {}
         if not isinstance(values, dict):
             raise ValueError(f"{path}: expected a mapping of argument names to values, got {type(values).__name__}.")
-        known = {f.name for cls in dataclass_types for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"{path}: unknown argument(s) {unknown}; allowed are {sorted(known)}.")
+            raise ValueError(f"{path}: {_unknown_arguments(unknown, known)}")
         yaml_argv, nulls = _yaml_to_argv(values, parser)
         parser.set_defaults(**nulls)
-    return parser.parse_args_into_dataclasses(args=yaml_argv + argv)
+    *parsed, remaining = parser.parse_args_into_dataclasses(args=yaml_argv + argv, return_remaining_strings=True)
+    if remaining:
+        options = [token for token in remaining if token.startswith("-")] or remaining
+        raise ValueError(_unknown_arguments([o.lstrip("-").replace("-", "_") for o in options], known,
+                                            shown=options))
+    return tuple(parsed)
+
+
+def _unknown_arguments(names, known, shown=None) -> str:
+    """'unknown argument(s) [...] (did you mean ...?)' for names that are no field of the recipe's arguments."""
+    hints = [match for name in names for match in difflib.get_close_matches(name, known, n=1)]
+    hint = f" (did you mean {', '.join(repr(h) for h in dict.fromkeys(hints))}?)" if hints else ""
+    return (f"unknown argument(s) {list(shown or names)}{hint}; the recipe's --help lists every argument "
+            f"({len(known)} in all).")
 
 
 def resolved_args_dict(*args_objects) -> dict:

@@ -10,11 +10,14 @@ moment leaves either the previous checkpoints or the new one, never a half-writt
 import json
 import os
 import shutil
+import time
+import uuid
 from dataclasses import asdict, dataclass, field
 
 from ..run_folder import (
     CHECKPOINT_PATTERN,
     CHECKPOINTS_SUBFOLDER,
+    EVAL_RESULTS_NAME,
     RUN_ARGS_NAME,
     TRAINER_STATE_NAME,
     checkpoint_name,
@@ -35,6 +38,9 @@ class TrainerState:
     running_loss: float = 0.0
     running_count: int = 0
     running_metrics: dict = field(default_factory=dict)
+    # Which run wrote the checkpoint: pruning only ever removes checkpoints of the run that is pruning.
+    run_id: str = ""
+    best: dict | None = None  # the best evaluation so far with `keep_best_metric` (see loop.BestCheckpoint)
 
     def save(self, path: str) -> None:
         with open(path, "w") as f:
@@ -79,8 +85,61 @@ def resolve_resume(resume: str, output_dir: str) -> str | None:
     return resume
 
 
-def save_checkpoint(accelerator, output_dir: str, state: TrainerState, run_args: dict, keep_last: int) -> str:
-    """Write a complete checkpoint atomically (every process takes part; the main process renames and prunes)."""
+def checkpoint_run_id(path: str) -> str:
+    """The id of the run that wrote a checkpoint ("" for checkpoints written before runs had ids)."""
+    with open(os.path.join(path, TRAINER_STATE_NAME)) as f:
+        return json.load(f).get("run_id", "")
+
+
+def earlier_run_records(output_dir: str, run_id: str | None) -> list[str]:
+    """
+    What in `output_dir` belongs to a run other than `run_id` (None: a run starting fresh, which owns nothing yet):
+    complete checkpoints of other runs and, for a fresh run, a finished run's results.
+    """
+    records = [os.path.relpath(path, output_dir) for _, path in list_checkpoints(output_dir)
+               if run_id is None or checkpoint_run_id(path) != run_id]
+    if run_id is None and os.path.isfile(os.path.join(output_dir, EVAL_RESULTS_NAME)):
+        records.append(EVAL_RESULTS_NAME)
+    return records
+
+
+def claim_output_dir(output_dir: str, resume: str, overwrite: bool, is_main_process: bool = True):
+    """
+    Before a run writes anything: (checkpoint to resume or None, the run's id). A run resumed from a checkpoint
+    continues that run's id; a fresh run gets a new one. An `output_dir` that holds another run's checkpoints or
+    results is refused (nothing of it is deleted or overwritten) unless `overwrite`: then the other run's
+    checkpoints are moved aside to `checkpoints.replaced-<UTC time>/` (kept, and said so) and its results will be
+    replaced by this run's. Only the main process moves anything (`is_main_process=False` only checks).
+    """
+    checkpoint = resolve_resume(resume, output_dir)
+    run_id = checkpoint_run_id(checkpoint) if checkpoint is not None else None
+    others = earlier_run_records(output_dir, run_id)
+    if others and not overwrite:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise ValueError(
+            f"`output_dir` {output_dir} holds an earlier run ({shown}) that this run would replace or prune. "
+            "Continue it with `--resume latest`, write to another `--output_dir`, or pass `--overwrite_output_dir` "
+            f"to start over (its checkpoints are then moved aside to {CHECKPOINTS_SUBFOLDER}.replaced-<time>/, "
+            "not deleted)."
+        )
+    if others and is_main_process:
+        foreign = [os.path.join(output_dir, name) for name in others if name != EVAL_RESULTS_NAME]
+        if foreign:
+            aside = os.path.join(output_dir, f"{CHECKPOINTS_SUBFOLDER}.replaced-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
+            os.makedirs(aside, exist_ok=True)
+            for path in foreign:
+                os.replace(path, os.path.join(aside, os.path.basename(path)))
+            print(f"overwrite_output_dir: moved {len(foreign)} checkpoint(s) of an earlier run aside to {aside}")
+    return checkpoint, run_id if run_id is not None else uuid.uuid4().hex
+
+
+def save_checkpoint(accelerator, output_dir: str, state: TrainerState, run_args: dict, keep_last: int,
+                    protected: tuple = ()) -> str:
+    """
+    Write a complete checkpoint atomically (every process takes part; the main process renames and prunes). Pruning
+    keeps the newest `keep_last` checkpoints of this run (`state.run_id`) and every path in `protected` (e.g. the
+    best one); it never removes a checkpoint another run wrote.
+    """
     root = os.path.join(output_dir, CHECKPOINTS_SUBFOLDER)
     final = os.path.join(root, checkpoint_name(state.global_step))
     temporary = os.path.join(root, ".tmp-" + checkpoint_name(state.global_step))
@@ -95,9 +154,11 @@ def save_checkpoint(accelerator, output_dir: str, state: TrainerState, run_args:
         write_json(os.path.join(temporary, RUN_ARGS_NAME), run_args)
         _fsync_tree(temporary)
         if os.path.isdir(final):  # the same step saved again (e.g. the final save right after a periodic one)
+            if checkpoint_run_id(final) != state.run_id:
+                raise ValueError(f"{final} belongs to another run; refusing to replace it.")
             shutil.rmtree(final)
         os.replace(temporary, final)
-        _prune(root, keep_last)
+        _prune(output_dir, keep_last, state.run_id, protected)
     accelerator.wait_for_everyone()
     return final
 
@@ -110,10 +171,13 @@ def _fsync_tree(path: str) -> None:
                 os.fsync(f.fileno())
 
 
-def _prune(root: str, keep_last: int) -> None:
-    checkpoints = list_checkpoints(os.path.dirname(root))
-    if keep_last > 0:
-        for _, path in checkpoints[:-keep_last]:
+def _prune(output_dir: str, keep_last: int, run_id: str, protected: tuple) -> None:
+    if keep_last <= 0:
+        return
+    own = [path for _, path in list_checkpoints(output_dir) if checkpoint_run_id(path) == run_id]
+    kept = {os.path.normpath(p) for p in (*own[-keep_last:], *protected)}
+    for path in own:
+        if os.path.normpath(path) not in kept:
             shutil.rmtree(path, ignore_errors=True)
 
 

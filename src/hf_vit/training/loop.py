@@ -18,9 +18,9 @@ from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 
 from ..data import build_eval_loader, build_train_loader, move_to_device
-from ..run_folder import LOGS_SUBFOLDER, RUN_ARGS_NAME, read_json
+from ..run_folder import CHECKPOINTS_SUBFOLDER, LOGS_SUBFOLDER, RUN_ARGS_NAME, checkpoint_name, read_json
 from .arguments import check_resume_compatible
-from .checkpoint import TrainerState, load_checkpoint, resolve_resume, save_checkpoint
+from .checkpoint import TrainerState, claim_output_dir, load_checkpoint, save_checkpoint
 from .ema import ModelEMA
 from .optim import build_optimizer, build_schedule
 
@@ -34,6 +34,7 @@ class TrainResult:
     ema: ModelEMA | None = None
     resumed_from: str | None = None
     checkpoint: str | None = None
+    best: dict | None = None  # {"metric", "value", "step", "checkpoint"} with `keep_best_metric`
 
     @property
     def last_eval(self) -> dict:
@@ -53,11 +54,22 @@ def batch_plan(global_batch: int, num_processes: int, max_device_batch: int) -> 
     return per_process // accumulation, accumulation
 
 
+MIXED_PRECISIONS = ("no", "bf16", "fp16")
+
+
 def make_accelerator(args) -> Accelerator:
-    """The run's Accelerator: mixed precision and trackers from `TrainArguments`; logs under `output_dir/logs`."""
+    """
+    The run's Accelerator; logs under `output_dir/logs`. Accelerate owns the launch settings: mixed precision and
+    compilation come from the launcher or accelerate config (`accelerate launch --mixed_precision bf16`, the
+    ACCELERATE_* variables it sets) unless the recipe sets them (`mixed_precision`, `torch_compile`).
+    """
+    if args.mixed_precision is not None and args.mixed_precision not in MIXED_PRECISIONS:
+        raise ValueError(f"`mixed_precision` must be one of {list(MIXED_PRECISIONS)} (or unset: the launcher decides), "
+                         f"got {args.mixed_precision!r}.")
     trackers = [t.strip() for t in args.report_to.split(",") if t.strip() and t.strip() != "none"]
     return Accelerator(
         mixed_precision=args.mixed_precision,
+        dynamo_backend="inductor" if args.torch_compile else None,
         log_with=trackers or None,
         project_dir=os.path.join(args.output_dir, LOGS_SUBFOLDER),
     )
@@ -110,6 +122,15 @@ def train(
     streaming = not hasattr(train_dataset, "__len__")
     if streaming and args.max_steps <= 0:
         raise ValueError("`max_steps` must be set when streaming: a stream's length is unknown.")
+    if streaming and args.save_every_epochs > 0:
+        raise ValueError("`save_every_epochs` needs epochs; a stream has none: use `save_every_steps`.")
+    best = BestCheckpoint(args.keep_best_metric, args.keep_best_mode)
+    if best.metric and eval_dataset is None and not evaluators:
+        raise ValueError(f"`keep_best_metric` {best.metric!r} needs evaluations during training: a validation split "
+                         "(`validation_fraction` > 0) or few-shot evaluation (`fewshot_every_steps` >= 0).")
+    with accelerator.main_process_first():  # the main process moves an earlier run aside before the others look
+        checkpoint, run_id = claim_output_dir(args.output_dir, args.resume, args.overwrite_output_dir,
+                                              accelerator.is_main_process)
 
     train_loader, position = build_train_loader(
         train_dataset, task.train_collator(), device_batch, args.seed, accelerator.num_processes,
@@ -131,6 +152,10 @@ def train(
         eval_every = None  # only at the end
     fewshot_every = {-1: None, 0: eval_every}.get(args.fewshot_every_steps, args.fewshot_every_steps)
 
+    if args.gradient_checkpointing:
+        if not getattr(task.model, "supports_gradient_checkpointing", False):
+            raise ValueError(f"`gradient_checkpointing`: {type(task.model).__name__} does not support it.")
+        task.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     optimizer = build_optimizer(task.model, args)
     schedule = build_schedule(optimizer, total_steps, warmup, args.lr_decay)
     # NOTE: the schedule is not handed to `prepare`: Accelerate would step it once per process per step (it assumes
@@ -146,14 +171,15 @@ def train(
     if streaming:
         accelerator.register_for_checkpointing(position)
 
-    state = TrainerState()
+    state = TrainerState(run_id=run_id)
     result = TrainResult(global_step=0, train_seconds=0.0, images_per_second=0.0, ema=ema)
-    checkpoint = resolve_resume(args.resume, args.output_dir)
     if checkpoint is not None:
         saved_args_path = os.path.join(checkpoint, RUN_ARGS_NAME)
         if run_args is not None and os.path.isfile(saved_args_path):
             check_resume_compatible(read_json(saved_args_path, "run's arguments"), run_args, checkpoint)
         state = load_checkpoint(accelerator, checkpoint)
+        state.run_id = run_id
+        best.restore(state)
         result.resumed_from = checkpoint
         accelerator.print(f"resumed from {checkpoint} at step {state.global_step}")
     elif args.resume in ("latest", "auto"):
@@ -177,9 +203,12 @@ def train(
         accelerator.log({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
         progress.write(f"step {step}: {shown}")
+        return metrics
 
     def save() -> str:
-        return save_checkpoint(accelerator, args.output_dir, state, run_args or vars(args), args.save_total_limit)
+        protected = (state.best["checkpoint"],) if state.best else ()
+        return save_checkpoint(accelerator, args.output_dir, state, run_args or vars(args), args.save_total_limit,
+                               protected)
 
     progress = tqdm(total=total_steps, initial=state.global_step, desc="train", dynamic_ncols=True,
                     disable=not accelerator.is_local_main_process)
@@ -233,17 +262,60 @@ def train(
                 state.running_loss, state.running_count, state.running_metrics = 0.0, 0, {}
             do_eval = at_end or (eval_every is not None and step % eval_every == 0)
             do_fewshot = bool(evaluators) and (at_end or (fewshot_every is not None and step % fewshot_every == 0))
+            improved = False
             if do_eval or do_fewshot:
-                evaluate(step, do_fewshot)
+                complete = do_fewshot or not evaluators  # every source of metrics was evaluated this time
+                improved = best.update(state, step, evaluate(step, do_fewshot) or {}, args.output_dir, complete)
             if steps_per_epoch is not None and state.step_in_epoch == steps_per_epoch:
                 state.epoch, state.step_in_epoch = state.epoch + 1, 0
                 epoch_done = True
             state.train_seconds = time.perf_counter() - started
-            if at_end or (args.save_every_steps > 0 and step % args.save_every_steps == 0):
+            periodic = args.save_every_steps > 0 and step % args.save_every_steps == 0
+            epoch_end = epoch_done and args.save_every_epochs > 0 and state.epoch % args.save_every_epochs == 0
+            if at_end or periodic or epoch_end or improved:
                 result.checkpoint = save()
     progress.close()
     result.global_step = state.global_step
     result.train_seconds = state.train_seconds
     result.images_per_second = state.images_seen / max(1e-9, state.train_seconds)
     result.eval_history = [tuple(item) for item in state.eval_history]
+    result.best = dict(state.best) if state.best else None
     return result
+
+
+class BestCheckpoint:
+    """
+    `keep_best_metric`: which validation metric decides the best checkpoint, and in which direction. The best so far
+    lives in `TrainerState.best` (so a resumed run keeps comparing against it); a checkpoint is saved at every
+    improvement and protected from pruning.
+    """
+
+    MODES = ("auto", "max", "min")
+
+    def __init__(self, metric: str, mode: str = "auto"):
+        if mode not in self.MODES:
+            raise ValueError(f"`keep_best_mode` must be one of {list(self.MODES)}, got {mode!r}.")
+        self.metric = metric
+        self.maximize = mode == "max" or (mode == "auto" and "loss" not in metric)
+
+    def restore(self, state) -> None:
+        if state.best and state.best.get("metric") != self.metric:
+            state.best = None  # another metric: start over (the old best checkpoint stays where it is)
+
+    def update(self, state, step: int, metrics: dict, output_dir: str, complete: bool = True) -> bool:
+        """Record a new best from this evaluation; True when it improved (a checkpoint is then due). `complete`: the
+        evaluation ran every evaluator, so a metric missing from it does not exist."""
+        if not self.metric:
+            return False
+        if self.metric not in metrics:
+            if not complete:
+                return False
+            raise ValueError(f"`keep_best_metric` {self.metric!r} is not among the evaluation's metrics "
+                             f"{sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))}.")
+        value = float(metrics[self.metric])
+        previous = state.best["value"] if state.best else None
+        if previous is not None and (value <= previous if self.maximize else value >= previous):
+            return False
+        path = os.path.join(output_dir, CHECKPOINTS_SUBFOLDER, checkpoint_name(step))
+        state.best = {"metric": self.metric, "value": value, "step": step, "checkpoint": path}
+        return True

@@ -27,6 +27,7 @@ from ..data import (
 from ..evaluation.fewshot import FewShotEvaluator
 from ..run_folder import save_run
 from .arguments import resolved_args_dict
+from .checkpoint import claim_output_dir
 from .loop import make_accelerator, train
 from .models import build_model, build_processor
 
@@ -118,6 +119,8 @@ def run_recipe(recipe: Recipe):
     started = time.perf_counter()
     recipe.check()
     train_args, data_args = recipe.train_args, recipe.data_args
+    # Refuse an output_dir holding another run now, before any data is loaded (the loop claims it for real).
+    claim_output_dir(train_args.output_dir, train_args.resume, train_args.overwrite_output_dir, is_main_process=False)
     accelerator = make_accelerator(train_args)
     set_seed(train_args.seed)  # the model's initialisation depends on it
     data = load_image_classification_data(data_args)
@@ -150,6 +153,9 @@ def run_recipe(recipe: Recipe):
         "num_parameters": sum(p.numel() for p in accelerator.unwrap_model(task.model).parameters()),
         "skipped_images": len(data.skipped_images), "hardware": describe_hardware(accelerator),
     }
+    if result.best is not None:
+        results["best_checkpoint"] = {**result.best,
+                                      "checkpoint": os.path.relpath(result.best["checkpoint"], train_args.output_dir)}
     results.update(recipe.final_metrics(run, result))
     results["total_seconds"] = time.perf_counter() - started
 
@@ -157,7 +163,7 @@ def run_recipe(recipe: Recipe):
     if accelerator.is_main_process:
         save_run(train_args.output_dir, accelerator.unwrap_model(task.model), processor, results, run_args,
                  ema_model=result.ema.model if result.ema is not None else None)
-        print(f"saved the model and its processor to {train_args.output_dir}")
+        print(f"saved model and processor to {train_args.output_dir}")
         recipe.after_save(run, results)
         publish_error = recipe.publish(run)
     accelerator.wait_for_everyone()
