@@ -40,6 +40,38 @@ def test_top5_and_loss_match_a_direct_computation():
     assert top_k_accuracy(logits, labels, k=5) == pytest.approx(top5)
 
 
+def test_streaming_metrics_are_the_evaluate_modules_results_on_the_same_logits():
+    """The counts made batch by batch (the recipes, hf-vit evaluate) against the shipped `evaluate` modules, which
+    see every logit at once; ties (quantised logits) broken the same way."""
+    from hf_vit.evaluation import CONFUSION_MATRIX_MAX_CLASSES, StreamingAccuracy, StreamingClassificationMetrics
+
+    generator = torch.Generator().manual_seed(1)
+    logits = (torch.randn(1037, 13, generator=generator) * 2).round()  # many ties
+    labels = torch.randint(0, 13, (1037,), generator=generator)
+    streamed = StreamingClassificationMetrics(13, with_confusion_matrix=True)
+    for start in range(0, 1037, 100):  # uneven batches
+        streamed.update(**streamed.per_example(logits[start : start + 100], labels[start : start + 100]))
+    result = streamed.compute()
+    modules = load_metric("top_k_accuracy").compute(predictions=logits.numpy(), references=labels.numpy(), k=[1, 5])
+    assert result["accuracy"] == modules["top1_accuracy"] and result["top5_accuracy"] == modules["top5_accuracy"]
+    assert result["confusion_matrix"] == confusion_matrix(logits.argmax(-1), labels, num_labels=13)
+    assert result["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-6)
+    assert result["num_examples"] == 1037 and classification_metrics(logits, labels, True, chunk_size=64) == result
+    # Beyond the limit the quadratic matrix is not kept at all.
+    wide = StreamingClassificationMetrics(CONFUSION_MATRIX_MAX_CLASSES + 1, with_confusion_matrix=True)
+    assert wide.confusion is None
+    wide.update(**wide.per_example(torch.randn(4, CONFUSION_MATRIX_MAX_CLASSES + 1), torch.tensor([0, 1, 2, 3])))
+    assert "confusion_matrix" not in wide.compute()
+    # Trainer's batch_eval_metrics: one batch per call, the result on the last.
+    from transformers import EvalPrediction
+
+    trainer_metrics = StreamingAccuracy()
+    for start in range(0, 1037, 500):
+        batch = EvalPrediction(predictions=logits[start : start + 500].numpy(), label_ids=labels[start : start + 500].numpy())
+        out = trainer_metrics(batch, compute_result=start + 500 >= 1037)
+    assert out == {"accuracy": result["accuracy"], "top5_accuracy": result["top5_accuracy"]}
+
+
 def test_confusion_matrix_rows_are_true_classes():
     assert confusion_matrix([0, 1, 1, 2], [0, 1, 0, 0], num_labels=3) == [[1, 1, 1], [0, 1, 0], [0, 0, 0]]
     with pytest.raises(ValueError, match="class indices"):

@@ -34,7 +34,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     config.write_text(
         f"model_name_or_path: {checkpoint}\ndataset: digits\nimage_size: 24\naugmentation: translate\nmax_steps: 8\n"
         "batch_size: 32\nlearning_rate: 0.05\nwarmup_steps: 2\nema_decay: 0.9\nlayer_decay: 0.75\n"
-        "eval_every_steps: 4\nreport_to: none\npredict_examples: 0\nmax_eval_examples: 100\n"
+        "eval_every_steps: 4\nreport_to: none\npredict_examples: 0\nmax_eval_examples: 101\n"
     )
     recipe = str(ROOT / "recipes" / "finetune.py")
     parallel = subprocess.Popen(
@@ -58,9 +58,16 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
             # Same examples and augmentations per step; the all-reduce sums in another order than accumulation.
             assert torch.allclose(one[key], two[key], atol=1e-5, rtol=1e-4), f"{name}: {key}"
     first, second = (json.loads((tmp_path / run / "eval_results.json").read_text()) for run in ("one", "two"))
-    assert first["test"]["num_examples"] == second["test"]["num_examples"] == 100  # no padding counted twice
+    # 101 images on 2 processes: Accelerate pads the last batch; the streamed counts drop the padding.
+    assert first["test"]["num_examples"] == second["test"]["num_examples"] == 101
     assert first["test"]["accuracy"] == pytest.approx(second["test"]["accuracy"], abs=0.011)
     assert first["test"]["loss"] == pytest.approx(second["test"]["loss"], abs=1e-4)
     # The fine-tuned model: a new head for these labels, no pre-logits, the new resolution.
     config_json = json.loads((tmp_path / "two" / "config.json").read_text())
     assert config_json["representation_size"] is None and config_json["image_size"] == 24
+
+    # Resuming the two-process run in one process is refused (each process's random state is in the checkpoint).
+    resumed = subprocess.run([sys.executable, recipe, str(config), "--output_dir", str(tmp_path / "two"), "--resume",
+                              "latest"], env=_env(), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 2 and "Traceback" not in resumed.stderr
+    assert "written by 2 process(es) with per-device batch 16, this run has 1 with 32" in resumed.stderr

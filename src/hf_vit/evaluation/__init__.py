@@ -1,6 +1,6 @@
-"""Evaluation (ViT paper, section 4.1): top-1 / top-5 accuracy and the confusion matrix through `evaluate` with
-metric modules shipped in the package (offline), the paper's few-shot linear evaluation, and flip test-time
-augmentation as an option."""
+"""Evaluation (ViT paper, section 4.1): top-1 / top-5 accuracy, loss and the confusion matrix counted batch by batch
+(and through `evaluate` with metric modules shipped in the package, offline), the paper's few-shot linear evaluation,
+and flip test-time augmentation as an option."""
 
 from .fewshot import (
     FewShotEvaluator,
@@ -10,11 +10,23 @@ from .fewshot import (
     ridge_fit,
     ridge_predict,
 )
-from .metrics import classification_metrics, compute_accuracy, confusion_matrix, load_metric, top_k_accuracy
+from .metrics import (
+    CONFUSION_MATRIX_MAX_CLASSES,
+    StreamingAccuracy,
+    StreamingClassificationMetrics,
+    classification_metrics,
+    compute_accuracy,
+    confusion_matrix,
+    load_metric,
+    top_k_accuracy,
+)
 from .tta import TEST_TIME_AUGMENTATIONS, classify
 
 
 __all__ = [
+    "CONFUSION_MATRIX_MAX_CLASSES",
+    "StreamingAccuracy",
+    "StreamingClassificationMetrics",
     "TEST_TIME_AUGMENTATIONS",
     "FewShotEvaluator",
     "FewShotResult",

@@ -51,7 +51,7 @@ def _run(args) -> int:
     from ..modeling_hf_vit import ViTForImageClassification
 
     from .fewshot import FewShotEvaluator
-    from .metrics import classification_metrics
+    from .metrics import StreamingClassificationMetrics
     from .tta import classify
 
     data_args = DataArguments(
@@ -86,12 +86,13 @@ def _run(args) -> int:
                 file=sys.stderr,
             )
             return 2
-        logits, labels = [], []
+        # Counted batch by batch: memory does not grow with the number of images (nor, beyond
+        # CONFUSION_MATRIX_MAX_CLASSES classes, with the square of the classes).
+        metrics = StreamingClassificationMetrics(model.config.num_labels, with_confusion_matrix=True)
         with torch.no_grad():
             for batch in DataLoader(data.test, batch_size=args.batch_size, collate_fn=collate, num_workers=args.num_workers):
-                logits.append(classify(model, batch["pixel_values"], args.tta))
-                labels.append(batch["labels"])
-        report["test"] = classification_metrics(torch.cat(logits), torch.cat(labels), with_confusion_matrix=True)
+                metrics.update(**metrics.per_example(classify(model, batch["pixel_values"], args.tta), batch["labels"]))
+        report["test"] = metrics.compute()
         report["test_time_augmentation"] = args.tta
     if args.fewshot or args.fewshot_only:
         try:
@@ -111,12 +112,13 @@ def _run(args) -> int:
         views = "" if args.tta == "none" else f"   ({args.tta} test-time augmentation)"
         print(f"top-1 accuracy {test['accuracy']:.4f}   top-5 accuracy {test['top5_accuracy']:.4f}   "
               f"loss {test['loss']:.4f}{views}")
-        names = [name[:10] for name in data.label_names]
-        width = max(6, *(len(n) for n in names))
-        print("confusion matrix (rows: true class, columns: predicted class)")
-        print(" " * width + " " + " ".join(f"{i:>6d}" for i in range(len(names))))
-        for i, row in enumerate(test["confusion_matrix"]):
-            print(f"{names[i]:>{width}s} " + " ".join(f"{v:>6d}" for v in row))
+        if "confusion_matrix" in test and len(data.label_names) <= 30:  # readable on a terminal; --json has it all
+            names = [name[:10] for name in data.label_names]
+            width = max(6, *(len(n) for n in names))
+            print("confusion matrix (rows: true class, columns: predicted class)")
+            print(" " * width + " " + " ".join(f"{i:>6d}" for i in range(len(names))))
+            for i, row in enumerate(test["confusion_matrix"]):
+                print(f"{names[i]:>{width}s} " + " ".join(f"{v:>6d}" for v in row))
     for key, value in report.get("fewshot", {}).items():
         if key.endswith("accuracy"):
             print(f"{key.split('/')[-1].replace('_accuracy', '')} linear accuracy {value:.4f}")

@@ -1,4 +1,6 @@
-"""Classification metrics through `evaluate`, with the metric modules shipped in the package (ViT paper, section 4.1).
+"""Classification metrics (ViT paper, section 4.1): counted batch by batch for the recipes and `hf-vit evaluate`
+(memory independent of the number of examples, nothing quadratic in the classes unless asked for), and through
+`evaluate` with the metric modules shipped in the package for `transformers.Trainer` and single calls.
 
 `evaluate.load("accuracy")` fetches its script from the Hub and fails offline; hf_vit ships its metric modules in
 `metric_modules/` and loads them by path, so evaluation needs no network.
@@ -9,6 +11,7 @@ import os
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 METRIC_MODULES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "metric_modules")
@@ -44,21 +47,86 @@ def confusion_matrix(predictions, labels, num_labels: int | None = None) -> list
     ]
 
 
-def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, with_confusion_matrix: bool = False) -> dict:
-    """Top-1 (`accuracy`) and top-5 accuracy and mean cross-entropy of (N, K) logits against (N,) labels."""
-    logits, labels = logits.float().cpu(), labels.long().cpu()
+# A dense K x K confusion matrix is kept up to this many classes (8 MB of int64 counts at 1,000); beyond it the matrix
+# is left out: it would grow with the square of the classes (ImageNet-21k: 3.8 GB) and nobody reads it.
+CONFUSION_MATRIX_MAX_CLASSES = 1000
+
+
+class StreamingClassificationMetrics:
+    """
+    Top-1 (`accuracy`) and top-5 accuracy, mean cross-entropy and, up to `CONFUSION_MATRIX_MAX_CLASSES` classes on
+    request, the confusion matrix, counted batch by batch: memory is independent of the number of examples. Ties are
+    broken as argmax breaks them (the lower class index ranks first), like the shipped `top_k_accuracy` module.
+
+    Several processes: compute `per_example(scores, labels)` on each process's batch, gather those (B,) vectors
+    (`accelerator.gather_for_metrics`, which drops the padding of the last batch) and `update` every process with
+    them; then every process holds the same totals.
+
+    Example:
+
+    ```python
+    >>> metrics = StreamingClassificationMetrics(num_classes=10)
+    >>> for logits, labels in batches:
+    ...     metrics.update(**metrics.per_example(logits, labels))
+    >>> metrics.compute()["accuracy"]
+    ```
+    """
+
+    def __init__(self, num_classes: int, with_confusion_matrix: bool = False):
+        self.num_classes = num_classes
+        self.with_confusion_matrix = with_confusion_matrix and num_classes <= CONFUSION_MATRIX_MAX_CLASSES
+        self.count, self.top1, self.top5, self.loss_sum = 0, 0, 0, 0.0
+        self.confusion = torch.zeros(num_classes * num_classes, dtype=torch.long) if self.with_confusion_matrix else None
+
+    @staticmethod
+    @torch.no_grad()
+    def per_example(scores: torch.Tensor, labels: torch.Tensor) -> dict:
+        """(B, K) scores, (B,) labels -> the (B,) vectors the totals are made of: the true class's rank, the
+        cross-entropy, the predicted class and the label."""
+        scores, labels = scores.float(), labels.long()
+        true = scores.gather(1, labels[:, None])  # (B, 1)
+        lower = torch.arange(scores.shape[1], device=scores.device)[None, :] < labels[:, None]
+        rank = ((scores > true) | ((scores == true) & lower)).sum(1)  # (B,): classes ranked before the true one
+        loss = F.cross_entropy(scores, labels, reduction="none")
+        return {"rank": rank, "loss": loss, "prediction": scores.argmax(-1), "labels": labels}
+
+    def update(self, rank, loss, prediction, labels) -> None:
+        labels = labels.long().cpu()
+        self.count += int(labels.numel())
+        self.top1 += int((rank == 0).sum())
+        self.top5 += int((rank < min(5, self.num_classes)).sum())
+        self.loss_sum += float(loss.double().sum())
+        if self.confusion is not None:
+            cells = labels * self.num_classes + prediction.long().cpu()
+            self.confusion += torch.bincount(cells, minlength=self.num_classes * self.num_classes)
+
+    def compute(self) -> dict:
+        if self.count == 0:
+            raise ValueError("classification metrics need at least one example.")
+        metrics = {
+            "accuracy": self.top1 / self.count,
+            "top5_accuracy": self.top5 / self.count,
+            "loss": self.loss_sum / self.count,
+            "num_examples": self.count,
+        }
+        if self.confusion is not None:
+            metrics["confusion_matrix"] = self.confusion.view(self.num_classes, self.num_classes).tolist()
+        return metrics
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, with_confusion_matrix: bool = False,
+                           chunk_size: int = 4096) -> dict:
+    """
+    Top-1 (`accuracy`) and top-5 accuracy and mean cross-entropy of (N, K) logits against (N,) labels, and the
+    K x K confusion matrix (rows: true class) when asked for and K <= `CONFUSION_MATRIX_MAX_CLASSES`.
+    """
     if logits.shape[0] == 0:
         raise ValueError("classification_metrics needs at least one example.")
-    accuracies = load_metric("top_k_accuracy").compute(predictions=logits.numpy(), references=labels.numpy(), k=[1, 5])
-    metrics = {
-        "accuracy": accuracies["top1_accuracy"],
-        "top5_accuracy": accuracies["top5_accuracy"],
-        "loss": torch.nn.functional.cross_entropy(logits, labels).item(),
-        "num_examples": int(labels.shape[0]),
-    }
-    if with_confusion_matrix:
-        metrics["confusion_matrix"] = confusion_matrix(logits.argmax(-1), labels, num_labels=logits.shape[-1])
-    return metrics
+    metrics = StreamingClassificationMetrics(logits.shape[-1], with_confusion_matrix)
+    for start in range(0, logits.shape[0], chunk_size):
+        chunk = slice(start, start + chunk_size)
+        metrics.update(**metrics.per_example(logits[chunk], labels[chunk]))
+    return metrics.compute()
 
 
 def compute_accuracy(eval_prediction) -> dict:
@@ -68,3 +136,32 @@ def compute_accuracy(eval_prediction) -> dict:
         logits = logits[0]
     result = load_metric("top_k_accuracy").compute(predictions=np.asarray(logits), references=np.asarray(labels), k=[1, 5])
     return {"accuracy": result["top1_accuracy"], "top5_accuracy": result["top5_accuracy"]}
+
+
+class StreamingAccuracy:
+    """
+    `compute_metrics` for `transformers.Trainer` with `TrainingArguments(batch_eval_metrics=True)`: the Trainer then
+    hands over one batch at a time instead of every logit of the evaluation set, and this counts top-1 / top-5
+    accuracy and the loss as it goes (`StreamingClassificationMetrics`).
+
+    Example:
+
+    ```python
+    >>> args = TrainingArguments("out", batch_eval_metrics=True, remove_unused_columns=False)
+    >>> trainer = Trainer(model=model, args=args, ..., compute_metrics=StreamingAccuracy())
+    ```
+    """
+
+    def __init__(self):
+        self.metrics = None
+
+    def __call__(self, eval_prediction, compute_result: bool = True) -> dict:
+        logits, labels = eval_prediction.predictions, eval_prediction.label_ids
+        logits = torch.as_tensor(logits[0] if isinstance(logits, tuple) else logits)
+        if self.metrics is None:
+            self.metrics = StreamingClassificationMetrics(logits.shape[-1])
+        self.metrics.update(**self.metrics.per_example(logits, torch.as_tensor(labels)))
+        if not compute_result:
+            return {}
+        result, self.metrics = self.metrics.compute(), None
+        return {"accuracy": result["accuracy"], "top5_accuracy": result["top5_accuracy"]}

@@ -41,6 +41,8 @@ class TrainerState:
     # Which run wrote the checkpoint: pruning only ever removes checkpoints of the run that is pruning.
     run_id: str = ""
     best: dict | None = None  # the best evaluation so far with `keep_best_metric` (see loop.BestCheckpoint)
+    num_processes: int = 0  # how the run was laid out (0: not recorded); a resumed run must match
+    device_batch: int = 0
 
     def save(self, path: str) -> None:
         with open(path, "w") as f:

@@ -9,7 +9,6 @@ classified through `pipeline()` from the saved folder, and optional publishing t
 from transformers import pipeline
 
 from ..data import build_eval_loader
-from ..evaluation.metrics import classification_metrics
 from ..hub.options import PublishOptions
 from ..hub.publish import HubPublishError, check_can_publish, publish_run
 from ..modeling_hf_vit import ViTForImageClassification
@@ -47,16 +46,16 @@ class ClassificationRecipe(Recipe):
         if data.test is None:
             return {}
         loader = accelerator.prepare(build_eval_loader(data.test, task.eval_collator(), self.train_args.eval_batch_size))
-        scores, labels, one_view = task.predict(loader, accelerator, with_single_view=True)
-        results = {"test": classification_metrics(scores, labels, with_confusion_matrix=True)}
+        test, one_view = task.measure(loader, accelerator, with_single_view=True, with_confusion_matrix=True)
+        results = {"test": test}
         line = f"held-out test accuracy: {results['test']['accuracy']:.4f} on {results['test']['num_examples']} images"
         if task.test_time_augmentation != "none":  # the one-view figure beside it, as the paper evaluates
-            results["test_single_view"] = classification_metrics(one_view, labels)
+            results["test_single_view"] = one_view
             line += (f" with {task.test_time_augmentation} test-time augmentation (one view: "
                      f"{results['test_single_view']['accuracy']:.4f})")
         line += f" (top-5 {results['test']['top5_accuracy']:.4f})"
         if result.ema is not None:
-            results["ema_test"] = classification_metrics(*task.predict(loader, accelerator, result.ema.model))
+            results["ema_test"] = task.measure(loader, accelerator, result.ema.model)
             line += f"; EMA {results['ema_test']['accuracy']:.4f}"
         accelerator.print(f"{line}; trained {result.global_step} steps in {result.train_seconds:.0f}s "
                           f"({result.images_per_second:.0f} images/s)")

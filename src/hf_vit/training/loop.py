@@ -94,6 +94,20 @@ def _check_distributed_setup(accelerator, args, accumulation) -> None:
         )
 
 
+def _check_same_layout(state, num_processes: int, device_batch: int, checkpoint: str) -> None:
+    """A checkpoint holds one random state per process, and every step's batches depend on the per-device batch: a
+    run resumed with another layout would not continue the same computation, so it is refused."""
+    saved = (state.num_processes, state.device_batch)
+    if saved[0] and saved != (num_processes, device_batch):
+        raise ValueError(
+            f"Cannot resume from {checkpoint}: it was written by {saved[0]} process(es) with per-device batch "
+            f"{saved[1]}, this run has {num_processes} with {device_batch}. Resume with the same number of processes "
+            f"(e.g. `torchrun --nproc_per_node {saved[0]} ...`) and max_device_batch_size: each process's random "
+            "state is part of the checkpoint, so another layout would not continue the same run."
+        )
+    state.num_processes, state.device_batch = num_processes, device_batch
+
+
 def _scalar(value) -> float:
     return float(value.detach().float().item()) if isinstance(value, torch.Tensor) else float(value)
 
@@ -171,13 +185,14 @@ def train(
     if streaming:
         accelerator.register_for_checkpointing(position)
 
-    state = TrainerState(run_id=run_id)
+    state = TrainerState(run_id=run_id, num_processes=accelerator.num_processes, device_batch=device_batch)
     result = TrainResult(global_step=0, train_seconds=0.0, images_per_second=0.0, ema=ema)
     if checkpoint is not None:
         saved_args_path = os.path.join(checkpoint, RUN_ARGS_NAME)
         if run_args is not None and os.path.isfile(saved_args_path):
             check_resume_compatible(read_json(saved_args_path, "run's arguments"), run_args, checkpoint)
         state = load_checkpoint(accelerator, checkpoint)
+        _check_same_layout(state, accelerator.num_processes, device_batch, checkpoint)
         state.run_id = run_id
         best.restore(state)
         result.resumed_from = checkpoint

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import ImageClassificationCollator, move_to_device
-from ..evaluation.metrics import classification_metrics
+from ..evaluation.metrics import StreamingClassificationMetrics
 from ..evaluation.tta import check_test_time_augmentation, classify
 
 
@@ -87,25 +87,29 @@ class ClassificationTask(Task):
         return loss, {"accuracy": accuracy}
 
     @torch.no_grad()
-    def predict(self, loader, accelerator, model=None, with_single_view: bool = False):
+    def measure(self, loader, accelerator, model=None, with_single_view: bool = False,
+                with_confusion_matrix: bool = False):
         """
-        All class scores (N, K) and labels (N,) of a loader, gathered over processes (padding dropped). The scores are
-        logits, or log-probabilities with the task's test-time augmentation. With `with_single_view`, also the
-        one-view logits (N, K) from the same pass: `(scores, labels, logits)`.
+        Metrics of a loader (`StreamingClassificationMetrics`: counted batch by batch over every process, the padding
+        of the last batch dropped), with the task's test-time augmentation. With `with_single_view`, also the
+        one-view metrics from the same pass: `(metrics, one_view_metrics)`.
         """
         model = model if model is not None else self.model
         was_training = model.training
         model.eval()
-        views = self.test_time_augmentation
-        gathered = []
+        views, num_labels = self.test_time_augmentation, self.num_labels
+        totals = StreamingClassificationMetrics(num_labels, with_confusion_matrix)
+        single = StreamingClassificationMetrics(num_labels) if with_single_view else None
         for batch in loader:
             batch = move_to_device(batch, accelerator.device)
             scores, logits = classify(model, batch["pixel_values"], views, return_single_view=True)
-            parts = (scores, batch["labels"]) + ((logits,) if with_single_view else ())
-            gathered.append([t.cpu() for t in accelerator.gather_for_metrics(tuple(t.contiguous() for t in parts))])
+            for metrics, values in ((totals, scores), (single, logits)):
+                if metrics is not None:
+                    local = metrics.per_example(values, batch["labels"])
+                    gathered = accelerator.gather_for_metrics(tuple(local.values()))
+                    metrics.update(**dict(zip(local, gathered)))
         model.train(was_training)
-        return tuple(torch.cat(column) for column in zip(*gathered))
+        return (totals.compute(), single.compute()) if with_single_view else totals.compute()
 
     def evaluate(self, loader, accelerator, model=None) -> dict:
-        logits, labels = self.predict(loader, accelerator, model)
-        return classification_metrics(logits, labels)
+        return self.measure(loader, accelerator, model)
