@@ -85,8 +85,10 @@ class StreamingClassificationMetrics:
         cross-entropy, the predicted class and the label."""
         scores, labels = scores.float(), labels.long()
         true = scores.gather(1, labels[:, None])  # (B, 1)
-        lower = torch.arange(scores.shape[1], device=scores.device)[None, :] < labels[:, None]
-        rank = ((scores > true) | ((scores == true) & lower)).sum(1)  # (B,): classes ranked before the true one
+        rank = (scores > true).sum(1)  # (B,): classes ranked before the true one ...
+        if bool(((scores == true).sum(1) > 1).any()):  # ... and tied classes of lower index (rare with float scores)
+            lower = torch.arange(scores.shape[1], device=scores.device)[None, :] < labels[:, None]
+            rank = rank + ((scores == true) & lower).sum(1)
         loss = F.cross_entropy(scores, labels, reduction="none")
         return {"rank": rank, "loss": loss, "prediction": scores.argmax(-1), "labels": labels}
 
@@ -98,7 +100,7 @@ class StreamingClassificationMetrics:
         self.loss_sum += float(loss.double().sum())
         if self.confusion is not None:
             cells = labels * self.num_classes + prediction.long().cpu()
-            self.confusion += torch.bincount(cells, minlength=self.num_classes * self.num_classes)
+            self.confusion.index_add_(0, cells, torch.ones_like(cells))  # O(B), not O(K^2), per batch
 
     def compute(self) -> dict:
         if self.count == 0:
