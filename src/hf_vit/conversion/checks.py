@@ -120,7 +120,7 @@ def timm_state_dict_reference(source, config, pos_has_prefix_row: bool = True):
 
     from .timm_format import timm_architecture, timm_model_args
 
-    args = timm_model_args(config)
+    args = timm_model_args(config, for_export=False)
     if config.use_class_token and not pos_has_prefix_row:
         args["no_embed_class"] = True
     model = timm.create_model(timm_architecture(config), pretrained=False, **args).eval()

@@ -118,6 +118,17 @@ def transformers_config(config):
         raise ValueError(
             f"`position_embedding_type` {config.position_embedding_type!r}: transformers' ViT has 'learned_1d' only."
         )
+    # The other families' pieces: transformers' "vit" has none of them (hf_vit writes "vit" folders only).
+    unsupported = {
+        "use_distillation_token": False, "num_register_tokens": 0, "layer_scale_init_value": None,
+        "mlp_type": "dense", "layer_norm_after_pooling": False,
+    }
+    for name, plain in unsupported.items():
+        if getattr(config, name) != plain:
+            raise ValueError(
+                f"`{name}` is {getattr(config, name)!r}: transformers' ViT has no such part (it needs {plain!r}); "
+                "keep the model in hf_vit's format."
+            )
     if config.representation_size is not None and config.num_labels > 0:
         raise ValueError(
             f"`representation_size` is {config.representation_size} and `num_labels` {config.num_labels}: transformers' "
