@@ -201,7 +201,7 @@ def convert(source, info: dict, rules_for, report: ConversionReport, config=None
     source_keys = {r.target: r.sources for r in rules}
     dropped = []
     if wanted.num_labels != fields["num_labels"] or wanted.representation_size != fields["representation_size"]:
-        dropped += ["classifier.weight", "classifier.bias"]
+        dropped += ["classifier.weight", "classifier.bias", "distillation_classifier.weight", "distillation_classifier.bias"]
     if wanted.representation_size != fields["representation_size"]:
         dropped += ["vit.pooler.dense.weight", "vit.pooler.dense.bias"]
     for name in dropped:
