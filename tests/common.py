@@ -128,7 +128,7 @@ class ModelTesterMixin:
             assert all(f.shape == (3, config.hidden_size, *config.grid_size) for f in out.feature_maps)
         else:
             assert main.shape == (3, config.num_prefix_tokens + config.num_patches, config.hidden_size)
-            width = config.representation_size or config.hidden_size
+            width = config.representation_size or config.pooled_size
             assert out.pooler_output.shape == (3, width)
         assert torch.isfinite(main).all()
 

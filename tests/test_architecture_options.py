@@ -25,12 +25,27 @@ OPTION_VARIANTS = {
     "pool_ggem": {"pooling": "ggem"},
     "pool_map_sincos_2d": {"pooling": "map", "position_embedding_type": "sincos_2d"},
     "drop_path": {"drop_path_rate": 0.2},
+    # The pieces of the checkpoints people fine-tune today (MAE, DeiT, DINOv2); tests/test_pretrained_families.py
+    # checks them against transformers' and timm's own models.
+    "distillation_head": {"use_distillation_token": True},
+    "distillation_token_without_head": {"use_distillation_token": True, "use_distillation_head": False},
+    "registers_relative_gap": {"num_register_tokens": 2, "position_embedding_type": "relative", "pooling": "gap",
+                               "use_class_token": True},
+    "layer_scale_gated_mlp": {"layer_scale_init_value": 0.1, "mlp_type": "gated", "hidden_act": "silu"},
+    "pool_cls_and_gap_registers_antialias": {
+        "pooling": "cls_and_gap", "num_register_tokens": 2, "position_embedding_interpolation": "bicubic",
+        "position_embedding_align_corners": False, "position_embedding_antialias": True,
+    },
+    "layer_norm_after_pooling": {"pooling": "gap", "layer_norm_after_pooling": True, "use_class_token": True},
 }
 # The bare model: the options that change more than its pooler_output's head (kept few: the suite's time budget).
 BARE_MODEL_VARIANTS = {
     "pos_learned_2d": {"position_embedding_type": "learned_2d"},
     "pos_relative": {"position_embedding_type": "relative"},
     "pool_map": {"pooling": "map"},
+    "distillation_and_registers": {"use_distillation_token": True, "num_register_tokens": 2},
+    "pool_cls_and_gap": {"pooling": "cls_and_gap"},
+    "layer_norm_after_pooling": {"pooling": "gap", "layer_norm_after_pooling": True},
 }
 
 
@@ -301,7 +316,7 @@ def test_drop_path_schedule_and_behaviour():
         ({"position_embedding_type": "sincos_2d", "hidden_size": 30, "num_attention_heads": 3}, "multiple of 4"),
         ({"pooling": "gem", "gem_p_init": 0}, "`gem_p_init`"),
         ({"drop_path_rate": 1.0}, "`drop_path_rate`"),
-        ({"pooling": "mean"}, r"\['cls', 'gap', 'max', 'gem', 'ggem', 'map'\]"),
+        ({"pooling": "mean"}, r"\['cls', 'gap', 'max', 'gem', 'ggem', 'map', 'cls_and_gap'\]"),
         ({"position_embedding_type": "rope"}, r"\['learned_1d', 'none', 'learned_2d', 'relative', 'sincos_2d'\]"),
     ],
 )

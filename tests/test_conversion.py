@@ -464,8 +464,10 @@ def test_timm_refusals_name_the_field(tmp_path):
     tensors = state_dict_to_timm(_random_model(pooling="gap").state_dict(), _random_model(pooling="gap").config)
     tensors["fc_norm.weight"] = tensors.pop("norm.weight")
     tensors["fc_norm.bias"] = tensors.pop("norm.bias")
-    with pytest.raises(ConversionError, match="fc_norm"):
-        load_timm(tensors, num_attention_heads=4)
+    # timm's fc_norm (average, then a LayerNorm of its own: MAE's fine-tuning) is hf_vit's layer_norm_after_pooling.
+    loaded = load_timm(tensors, num_attention_heads=4)
+    assert loaded.config.layer_norm_after_pooling and loaded.config.pooling == "gap"
+    assert torch.equal(loaded.vit.pooler.layernorm.weight, tensors["fc_norm.weight"])
     assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
 
 

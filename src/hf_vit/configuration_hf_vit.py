@@ -30,7 +30,9 @@ HYBRID_VARIANTS = {
     "R-Ti/16": ("Ti", [], 8, 0.0),
 }
 
-POOLING_TYPES = ("cls", "gap", "max", "gem", "ggem", "map")
+POOLING_TYPES = ("cls", "gap", "max", "gem", "ggem", "map", "cls_and_gap")
+# Poolings that read the class token (so `use_class_token` defaults to True for them).
+CLASS_TOKEN_POOLINGS = ("cls", "cls_and_gap")
 POSITION_EMBEDDING_TYPES = ("learned_1d", "none", "learned_2d", "relative", "sincos_2d")
 # Position-embedding types with learned tables tied to the patch grid: a new grid needs resampling (and the flag).
 GRID_BOUND_POSITION_TYPES = ("learned_1d", "learned_2d", "relative")
@@ -39,6 +41,9 @@ WEIGHT_STANDARDIZATION_STYLES = ("std_plus_eps", "sqrt_var_plus_eps")
 # Masked patch prediction targets (appendix B.1.2): 3-bit mean colour (the paper's), 4x4 sub-patch 3-bit colours,
 # or L2 regression of the patch's pixels.
 MPP_TARGETS = ("mean_color", "downsampled", "pixels")
+# The block's MLP: "dense" (fc1, activation, fc2: the paper's) or "gated" (activation(x W_gate) * (x W_up), then fc2:
+# with hidden_act="silu" the SwiGLU MLP of DINOv2-g).
+MLP_TYPES = ("dense", "gated")
 # The paper's names for the pooling ("classifier" in the reference code) map onto `pooling`.
 _CLASSIFIER_ALIASES = {"token": "cls", "gap": "gap"}
 
@@ -99,9 +104,38 @@ class ViTConfig(BackboneConfigMixin, PreTrainedConfig):
             appendix D.3); `"max"` (channel-wise max over the patch tokens); `"gem"` (generalized mean with one
             learnable exponent); `"ggem"` (generalized mean with one learnable exponent per group of channels,
             groups = attention heads, as in the GGeM paper); `"map"` (big_vision's MAPHead: a learned probe attends
-            over the patch tokens, then x + MLP(LN(x))). The paper's `classifier="token"|"gap"` is accepted too.
+            over the patch tokens, then x + MLP(LN(x))); `"cls_and_gap"` (the class token concatenated with the mean of
+            the patch tokens, a 2 * hidden_size vector: DINOv2's linear classification head). The patch-token poolings
+            never read the prefix tokens (class, distillation, registers). The paper's `classifier="token"|"gap"` is
+            accepted too.
         use_class_token (`bool`, *optional*):
-            Whether a class token is prepended. Defaults to `pooling == "cls"`; the other poolings ignore it.
+            Whether a class token is prepended. Defaults to True for the poolings that read it (`"cls"`,
+            `"cls_and_gap"`); the other poolings ignore it.
+        use_distillation_token (`bool`, *optional*, defaults to `False`):
+            DeiT's distillation token: a second learned token right after the class token, with its own row in the
+            `"learned_1d"` position table. Needs `use_class_token=True`.
+        use_distillation_head (`bool`, *optional*):
+            For `ViTForImageClassification`: a second linear head on the distillation token's output (after the final
+            LayerNorm). The logits are the mean of the two heads' (DeiT's inference), each head's logits are returned
+            too (`cls_logits`, `distillation_logits`), and the loss with `labels` is that of the averaged logits
+            (training against a teacher is not part of the model). Defaults to `use_distillation_token`; `False`
+            keeps the token without a head of its own (transformers' `DeiTForImageClassification`).
+        num_register_tokens (`int`, *optional*, defaults to 0):
+            Learned "register" tokens (Darcet et al., "Vision Transformers Need Registers"; DINOv2 with registers)
+            inserted after the class (and distillation) token, after the position embeddings were added: they have
+            no position embedding, take no part in pooling and are not laid out on the patch grid.
+        layer_scale_init_value (`float`, *optional*):
+            LayerScale (CaiT; DINOv2, DeiT III): a learned per-channel scale on each residual branch's output (attention
+            and MLP), initialised to this value. `None` (the paper) for no scale.
+        mlp_type (`str`, *optional*, defaults to `"dense"`):
+            The block's MLP: `"dense"` (fc1, `hidden_act`, fc2; the paper's) or `"gated"` (`hidden_act(x W_gate) *
+            (x W_up)`, then fc2, with W_gate and W_up packed in `fc1` as its first and second halves: with
+            `hidden_act="silu"` the SwiGLU MLP of DINOv2-g). `intermediate_size` is the width of each half.
+        layer_norm_after_pooling (`bool`, *optional*, defaults to `False`):
+            Where the final LayerNorm sits: `False` (the paper) normalises every token after the last block;
+            `True` pools the un-normalised tokens and normalises the pooled vector with a LayerNorm of its own (timm's
+            `fc_norm`; MAE's fine-tuning with `pooling="gap"`). `last_hidden_state` then holds the tokens as the
+            last block outputs them.
         gem_p_init (`float`, *optional*, defaults to 3.0):
             Initial exponent of `"gem"` and `"ggem"` pooling (3, as in the GeM paper).
         drop_path_rate (`float`, *optional*, defaults to 0.0):
@@ -123,6 +157,11 @@ class ViTConfig(BackboneConfigMixin, PreTrainedConfig):
             How position embeddings are resampled to another patch grid: `"bilinear"` or `"bicubic"`.
         position_embedding_align_corners (`bool`, *optional*, defaults to `True`):
             `True` is the reference code (`scipy.ndimage.zoom(order=1)`); `False` is timm's resampling.
+        position_embedding_antialias (`bool`, *optional*, defaults to `False`):
+            Resample with torch's anti-aliased kernels (`F.interpolate(..., antialias=True)`: for bicubic, the
+            Keys kernel with a = -0.5 in both directions; without it a = -0.75). transformers' DeiT, ViT-MAE and
+            DINOv2 resample with bicubic, `align_corners=False`, no antialias; DINOv2 with registers and timm with
+            antialias.
         backbone_depths (`list[int]`, *optional*):
             The hybrid (section 3.1): `None` for the plain ViT; otherwise the number of bottleneck units of each
             ResNet stage after the stem (`[]` = the stem alone, `[3, 4, 9]` = R50+B/16's, `[3, 4, 6, 3]` = ResNet-50).
@@ -195,6 +234,13 @@ class ViTConfig(BackboneConfigMixin, PreTrainedConfig):
         backbone_weight_standardization="std_plus_eps",
         backbone_weight_standardization_eps=1e-5,
         mpp_target="mean_color",
+        use_distillation_token=False,
+        use_distillation_head=None,
+        num_register_tokens=0,
+        layer_scale_init_value=None,
+        mlp_type="dense",
+        layer_norm_after_pooling=False,
+        position_embedding_antialias=False,
         **kwargs,
     ):
         classifier = kwargs.pop("classifier", None)
@@ -219,7 +265,7 @@ class ViTConfig(BackboneConfigMixin, PreTrainedConfig):
         self.initializer_range = initializer_range
         self.qkv_bias = qkv_bias
         self.pooling = pooling
-        self.use_class_token = (pooling == "cls") if use_class_token is None else use_class_token
+        self.use_class_token = (pooling in CLASS_TOKEN_POOLINGS) if use_class_token is None else use_class_token
         self.representation_size = representation_size
         self.head_zero_init = head_zero_init
         self.position_embedding_type = position_embedding_type
@@ -234,6 +280,13 @@ class ViTConfig(BackboneConfigMixin, PreTrainedConfig):
         self.backbone_weight_standardization = backbone_weight_standardization
         self.backbone_weight_standardization_eps = backbone_weight_standardization_eps
         self.mpp_target = mpp_target
+        self.use_distillation_token = use_distillation_token
+        self.use_distillation_head = use_distillation_token if use_distillation_head is None else use_distillation_head
+        self.num_register_tokens = num_register_tokens
+        self.layer_scale_init_value = layer_scale_init_value
+        self.mlp_type = mlp_type
+        self.layer_norm_after_pooling = layer_norm_after_pooling
+        self.position_embedding_antialias = position_embedding_antialias
         # ViTBackbone's stage selection (transformers' BackboneConfigMixin); None until chosen, so a plain config's
         # JSON does not change. `stage_names` is derived from the depth (a property).
         out_features, out_indices = kwargs.pop("out_features", None), kwargs.pop("out_indices", None)
@@ -317,8 +370,20 @@ class ViTConfig(BackboneConfigMixin, PreTrainedConfig):
 
     @property
     def num_prefix_tokens(self):
-        """Tokens before the patch tokens (the class token, when used)."""
-        return int(self.use_class_token)
+        """Tokens before the patch tokens, in this order: the class token, the distillation token, the registers.
+        The single source of that count for the model, its heads and whoever slices the sequence."""
+        return int(self.use_class_token) + int(self.use_distillation_token) + self.num_register_tokens
+
+    @property
+    def num_prefix_positions(self):
+        """Rows of the `"learned_1d"` position table before the patch rows: the class and distillation tokens'
+        (registers get no position embedding)."""
+        return int(self.use_class_token) + int(self.use_distillation_token)
+
+    @property
+    def pooled_size(self):
+        """Width of the pooled vector before the pre-logits layer: 2 * hidden_size for `"cls_and_gap"`."""
+        return 2 * self.hidden_size if self.pooling == "cls_and_gap" else self.hidden_size
 
     @property
     def head_dim(self):
@@ -372,11 +437,26 @@ class ViTConfig(BackboneConfigMixin, PreTrainedConfig):
         _check_choice("position_embedding_type", self.position_embedding_type, POSITION_EMBEDDING_TYPES)
         _check_choice("position_embedding_interpolation", self.position_embedding_interpolation, INTERPOLATION_MODES)
         _check_choice("mpp_target", self.mpp_target, MPP_TARGETS)
-        for name in ("qkv_bias", "use_class_token", "head_zero_init", "position_embedding_align_corners"):
+        _check_choice("mlp_type", self.mlp_type, MLP_TYPES)
+        for name in (
+            "qkv_bias", "use_class_token", "head_zero_init", "position_embedding_align_corners",
+            "position_embedding_antialias", "use_distillation_token", "use_distillation_head",
+            "layer_norm_after_pooling",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
-        if self.pooling == "cls" and not self.use_class_token:
-            raise ValueError("`pooling='cls'` needs `use_class_token=True`; use another `pooling` without it.")
+        if self.pooling in CLASS_TOKEN_POOLINGS and not self.use_class_token:
+            raise ValueError(
+                f"`pooling={self.pooling!r}` reads the class token and needs `use_class_token=True`; use another "
+                "`pooling` without it."
+            )
+        self._validate_prefix_tokens()
+        scale = self.layer_scale_init_value
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0):
+            raise ValueError(
+                f"`layer_scale_init_value` must be None (no LayerScale) or a positive number such as 1e-5 or 1.0, "
+                f"got {scale!r}."
+            )
         if self.representation_size is not None:
             _check_positive_int("representation_size", self.representation_size)
         if isinstance(self.gem_p_init, bool) or not isinstance(self.gem_p_init, (int, float)) or self.gem_p_init <= 0:
@@ -391,6 +471,29 @@ class ViTConfig(BackboneConfigMixin, PreTrainedConfig):
                 f"`position_embedding_type='sincos_2d'` uses hidden_size/4 frequencies per sin/cos and axis: "
                 f"`hidden_size` must be a multiple of 4 and at least 8, got {self.hidden_size}."
             )
+
+    def _validate_prefix_tokens(self):
+        registers = self.num_register_tokens
+        if isinstance(registers, bool) or not isinstance(registers, int) or registers < 0:
+            raise ValueError(f"`num_register_tokens` must be an integer >= 0 (0: none), got {registers!r}.")
+        if self.use_distillation_token and not self.use_class_token:
+            raise ValueError(
+                "`use_distillation_token=True` needs `use_class_token=True`: the distillation token follows the class "
+                "token (DeiT)."
+            )
+        if self.use_distillation_head:
+            if not self.use_distillation_token:
+                raise ValueError("`use_distillation_head=True` needs `use_distillation_token=True` (the head reads it).")
+            if self.representation_size is not None:
+                raise ValueError(
+                    "`use_distillation_head=True` with `representation_size`: the distillation head reads the "
+                    "distillation token directly and has no pre-logits layer; set `representation_size=None`."
+                )
+            if self.layer_norm_after_pooling:
+                raise ValueError(
+                    "`use_distillation_head=True` with `layer_norm_after_pooling=True`: the distillation head reads the "
+                    "distillation token after the final LayerNorm over the tokens; set `layer_norm_after_pooling=False`."
+                )
 
     def _validate_backbone(self):
         depths = self.backbone_depths

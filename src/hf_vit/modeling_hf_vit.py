@@ -29,7 +29,12 @@ from transformers.utils import logging
 
 from .configuration_hf_vit import GRID_BOUND_POSITION_TYPES, ViTConfig, as_pair
 from .modeling_resnetv2 import ResNetV2Backbone
-from .transformers_vit_format import is_transformers_vit_config, load_transformers_vit
+from .transformers_vit_format import (
+    SUPPORTED_MODEL_TYPES,
+    check_supported_model_type,
+    checkpoint_model_type,
+    load_transformers_vit,
+)
 
 
 logger = logging.get_logger(__name__)
@@ -46,13 +51,16 @@ def resample_position_embeddings(
     num_prefix_tokens: int = 1,
     mode: str = "bilinear",
     align_corners: bool = True,
+    antialias: bool = False,
 ) -> torch.Tensor:
     """
     Resample learned position embeddings `(1, prefix + old_rows * old_cols, D)` to another patch grid.
 
-    The prefix rows (the class token's) are kept as they are; the patch rows are interpolated on the 2D grid.
-    The default (bilinear, corners aligned) is the reference code's `scipy.ndimage.zoom(order=1)`; timm resamples
-    with `align_corners=False`. Computed in float32 whatever the parameter's dtype.
+    The prefix rows (the class and distillation tokens') are kept as they are; the patch rows are interpolated on the
+    2D grid. The default (bilinear, corners aligned) is the reference code's `scipy.ndimage.zoom(order=1)`; timm
+    resamples with `align_corners=False` (bicubic with `antialias=True` by default); transformers' DeiT, ViT-MAE and
+    DINOv2 with bicubic, `align_corners=False`, DINOv2 with registers with antialias on top. Computed in float32
+    whatever the parameter's dtype.
     """
     old_grid, new_grid = tuple(old_grid), tuple(new_grid)
     if old_grid == new_grid:
@@ -66,7 +74,7 @@ def resample_position_embeddings(
         )
     grid = grid.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2).float()  # (1, D, rows, cols)
     # align_corners has no meaning for a 1-pixel side; torch ignores it there, and so do we.
-    grid = F.interpolate(grid, size=new_grid, mode=mode, align_corners=align_corners)
+    grid = F.interpolate(grid, size=new_grid, mode=mode, align_corners=align_corners, antialias=antialias)
     grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim).to(position_embeddings.dtype)
     return torch.cat([prefix, grid], dim=1)
 
@@ -167,13 +175,16 @@ class ViTPatchEmbeddings(nn.Module):
 
 class ViTEmbeddings(nn.Module):
     """
-    (B, C, H, W) -> (B, prefix + N, D): patch tokens, [class token], + position embeddings, dropout.
+    (B, C, H, W) -> (B, prefix + N, D): patch tokens, [class token], [distillation token] + position embeddings,
+    [register tokens], dropout. The prefix is `config.num_prefix_tokens` long, in that order.
 
     `config.position_embedding_type` picks the absolute position information (appendix D.4): "learned_1d" (one table
-    over the class token and the patches, the paper's), "learned_2d" (a column table and a row table of width D/2,
-    concatenated per patch), "sincos_2d" (fixed), or none at all ("none", and "relative", which acts inside the
-    attention). Except for "learned_1d", the class token gets no position embedding (a learned vector plus a learned
-    constant is just another learned vector; big_vision prepends it after adding the position embeddings too).
+    over the class and distillation tokens and the patches, the paper's and DeiT's), "learned_2d" (a column table
+    and a row table of width D/2, concatenated per patch), "sincos_2d" (fixed), or none at all ("none", and
+    "relative", which acts inside the attention). Except for "learned_1d", the class token gets no position
+    embedding (a learned vector plus a learned constant is just another learned vector; big_vision prepends it after
+    adding the position embeddings too). Register tokens never get one: they are inserted after the class (and
+    distillation) token once the position embeddings are added, as in DINOv2 with registers and timm.
     """
 
     def __init__(self, config: ViTConfig):
@@ -183,11 +194,20 @@ class ViTEmbeddings(nn.Module):
         self.patch_embeddings = ViTPatchEmbeddings(config)
         self.grid_size = tuple(config.grid_size)
         self.num_prefix_tokens = config.num_prefix_tokens
+        self.num_prefix_positions = config.num_prefix_positions  # rows of the "learned_1d" table before the patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.use_class_token else None
+        self.distillation_token = (
+            nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.use_distillation_token else None
+        )
+        self.register_tokens = (
+            nn.Parameter(torch.zeros(1, config.num_register_tokens, config.hidden_size))
+            if config.num_register_tokens
+            else None
+        )
         rows, cols = self.grid_size
         if self.position_embedding_type == "learned_1d":
             self.position_embeddings = nn.Parameter(
-                torch.zeros(1, self.num_prefix_tokens + config.num_patches, config.hidden_size)
+                torch.zeros(1, self.num_prefix_positions + config.num_patches, config.hidden_size)
             )
         elif self.position_embedding_type == "learned_2d":
             # The paper's X and Y embeddings: a patch at (row, col) gets concat(X[col], Y[row]).
@@ -208,6 +228,7 @@ class ViTEmbeddings(nn.Module):
             num_prefix_tokens=num_prefix_tokens,
             mode=self.config.position_embedding_interpolation,
             align_corners=self.config.position_embedding_align_corners,
+            antialias=self.config.position_embedding_antialias,
         )
 
     def check_grid(self, grid: tuple[int, int], interpolate_pos_encoding: bool) -> None:
@@ -227,8 +248,9 @@ class ViTEmbeddings(nn.Module):
 
     def position_embeddings_for(self, grid: tuple[int, int], interpolate_pos_encoding: bool) -> torch.Tensor | None:
         """
-        The absolute position embeddings for a patch grid: (1, prefix + rows * cols, D) for "learned_1d" (the class
-        token's row first), (1, rows * cols, D) for "learned_2d" and "sincos_2d", None for "none" and "relative".
+        The absolute position embeddings for a patch grid: (1, positions + rows * cols, D) for "learned_1d" (the
+        class and distillation tokens' rows first), (1, rows * cols, D) for "learned_2d" and "sincos_2d", None for
+        "none" and "relative".
         """
         grid = tuple(grid)
         self.check_grid(grid, interpolate_pos_encoding)
@@ -236,7 +258,7 @@ class ViTEmbeddings(nn.Module):
         if kind == "learned_1d":
             if grid == tuple(self.grid_size):
                 return self.position_embeddings
-            return self._resample(self.position_embeddings, self.grid_size, grid, self.num_prefix_tokens)
+            return self._resample(self.position_embeddings, self.grid_size, grid, self.num_prefix_positions)
         if kind == "learned_2d":
             rows, cols = grid
             columns = self._resample(self.column_position_embeddings, (1, self.grid_size[1]), (1, cols), 0)
@@ -254,16 +276,23 @@ class ViTEmbeddings(nn.Module):
     def add_positions(
         self, patch_embeddings: torch.Tensor, grid: tuple[int, int], interpolate_pos_encoding: bool = False
     ) -> torch.Tensor:
-        """(B, N, D) -> (B, prefix + N, D): prepend the class token, add position embeddings, dropout."""
+        """(B, N, D) -> (B, prefix + N, D): prepend the class and distillation tokens, add position embeddings, insert
+        the registers after them, dropout."""
         x = patch_embeddings
+        batch = x.shape[0]
         table = self.position_embeddings_for(grid, interpolate_pos_encoding)
         if table is not None and self.position_embedding_type != "learned_1d":
             x = x + table  # patch rows only: the class token gets none (big_vision's order)
             table = None
-        if self.cls_token is not None:
-            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1+N, D)
+        tokens = [t.expand(batch, -1, -1) for t in (self.cls_token, self.distillation_token) if t is not None]
+        if tokens:
+            x = torch.cat([*tokens, x], dim=1)  # (B, positions + N, D)
         if table is not None:
             x = x + table
+        if self.register_tokens is not None:
+            at = self.num_prefix_positions
+            registers = self.register_tokens.expand(batch, -1, -1)
+            x = torch.cat([x[:, :at], registers, x[:, at:]], dim=1)  # (B, prefix + N, D)
         return self.dropout(x)
 
     def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
@@ -292,7 +321,7 @@ class ViTEmbeddings(nn.Module):
         if self.position_embedding_type == "learned_1d":
             replace(
                 "position_embeddings",
-                self._resample(self.position_embeddings.data, self.grid_size, new_grid, self.num_prefix_tokens),
+                self._resample(self.position_embeddings.data, self.grid_size, new_grid, self.num_prefix_positions),
             )
         elif self.position_embedding_type == "learned_2d":
             columns = self._resample(self.column_position_embeddings.data, (1, self.grid_size[1]), (1, new_grid[1]), 0)
@@ -490,22 +519,49 @@ def resample_1d_table(table: torch.Tensor, length: int, config: ViTConfig) -> to
         num_prefix_tokens=0,
         mode=config.position_embedding_interpolation,
         align_corners=config.position_embedding_align_corners,
+        antialias=config.position_embedding_antialias,
     )
     return resampled.squeeze(0)
 
 
 class ViTMLP(nn.Module):
-    """(B, N, D) -> (B, N, D): dense, activation, dropout, dense (the block's trailing dropout is the layer's)."""
+    """
+    (B, N, D) -> (B, N, D): dense, activation, dropout, dense (the block's trailing dropout is the layer's).
+
+    With `config.mlp_type="gated"`, `fc1` holds two projections of width I = intermediate_size, the gate (rows
+    [0, I)) and the value (rows [I, 2I)), and the hidden units are activation(gate) * value: SwiGLU with
+    `hidden_act="silu"` (DINOv2-g; the packed layout of DINOv2's `w12` and timm's `SwiGLUPacked`).
+    """
 
     def __init__(self, config: ViTConfig, dropout: float | None = None):
         super().__init__()
-        self.fc1 = _declare_init(nn.Linear(config.hidden_size, config.intermediate_size), "mlp")
+        self.gated = config.mlp_type == "gated"
+        width = 2 * config.intermediate_size if self.gated else config.intermediate_size
+        self.fc1 = _declare_init(nn.Linear(config.hidden_size, width), "mlp")
         self.activation = ACT2FN[config.hidden_act]
         self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
         self.fc2 = _declare_init(nn.Linear(config.intermediate_size, config.hidden_size), "mlp")
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.dropout(self.activation(self.fc1(hidden_states))))
+        hidden = self.fc1(hidden_states)
+        if self.gated:
+            gate, value = hidden.chunk(2, dim=-1)  # (B, N, I) each
+            hidden = self.activation(gate) * value
+        else:
+            hidden = self.activation(hidden)
+        return self.fc2(self.dropout(hidden))
+
+
+class ViTLayerScale(nn.Module):
+    """LayerScale (CaiT, DINOv2): (B, N, D) -> (B, N, D), x * gamma with one learned factor per channel."""
+
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        self.init_value = config.layer_scale_init_value
+        self.gamma = nn.Parameter(torch.full((config.hidden_size,), float(config.layer_scale_init_value)))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states * self.gamma
 
 
 class DropPath(nn.Module):
@@ -528,7 +584,8 @@ class DropPath(nn.Module):
 
 class ViTLayer(GradientCheckpointingLayer):
     """One pre-LN block: x + Dropout(MSA(LN(x))), then x + Dropout(MLP(LN(x))). (B, N, D) -> (B, N, D).
-    With stochastic depth, each residual branch is also dropped per sample (`drop_path`)."""
+    With stochastic depth, each residual branch is also dropped per sample (`drop_path`); with
+    `config.layer_scale_init_value`, each branch's output is scaled per channel first (LayerScale)."""
 
     def __init__(self, config: ViTConfig, layer_idx: int = 0):
         super().__init__()
@@ -537,6 +594,9 @@ class ViTLayer(GradientCheckpointingLayer):
         self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = ViTMLP(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        use_scale = config.layer_scale_init_value is not None
+        self.layer_scale_attention = ViTLayerScale(config) if use_scale else nn.Identity()
+        self.layer_scale_mlp = ViTLayerScale(config) if use_scale else nn.Identity()
         # Linear in depth, 0 at the first block (timm's and DeiT's schedule).
         last = max(config.num_hidden_layers - 1, 1)
         self.drop_path = DropPath(config.drop_path_rate * layer_idx / last)
@@ -548,8 +608,10 @@ class ViTLayer(GradientCheckpointingLayer):
         attention_output, weights = self.attention(self.layernorm_before(hidden_states), output_attentions, num_queries)
         if num_queries is not None:
             hidden_states = hidden_states[:, :num_queries]
-        hidden_states = hidden_states + self.drop_path(self.dropout(attention_output))
-        hidden_states = hidden_states + self.drop_path(self.dropout(self.mlp(self.layernorm_after(hidden_states))))
+        attention_output = self.layer_scale_attention(self.dropout(attention_output))
+        hidden_states = hidden_states + self.drop_path(attention_output)
+        mlp_output = self.layer_scale_mlp(self.dropout(self.mlp(self.layernorm_after(hidden_states))))
+        hidden_states = hidden_states + self.drop_path(mlp_output)
         return hidden_states, weights
 
 
@@ -611,10 +673,13 @@ class ViTMAPHead(nn.Module):
 class ViTPooler(nn.Module):
     """(B, prefix + N, D) after the final LayerNorm -> (B, D') pooled representation.
 
-    `pooling` chooses the vector: "cls" (the class token), or, over the patch tokens only, "gap" (mean), "max"
-    (channel-wise max), "gem" / "ggem" (generalized mean (mean(clamp(x, eps)^p))^(1/p) with one learnable p, or one
-    per group of D / heads channels as in GGeM), "map" (big_vision's MAPHead). With `representation_size` set, a tanh
-    "pre-logits" layer follows, as in the paper's pre-training head.
+    `pooling` chooses the vector: "cls" (the class token), or, over the patch tokens only (never the class,
+    distillation or register tokens), "gap" (mean), "max" (channel-wise max), "gem" / "ggem" (generalized mean
+    (mean(clamp(x, eps)^p))^(1/p) with one learnable p, or one per group of D / heads channels as in GGeM), "map"
+    (big_vision's MAPHead); "cls_and_gap" concatenates the class token and the patch mean (DINOv2's classifier input,
+    2D wide). With `layer_norm_after_pooling` the tokens arrive un-normalised and the pooled vector gets this module's
+    own LayerNorm (timm's `fc_norm`, MAE's fine-tuning). With `representation_size` set, a tanh "pre-logits" layer
+    follows, as in the paper's pre-training head.
     """
 
     # NOTE: GeM assumes non-negative features (after a ReLU in CNNs); tokens after the final LayerNorm are not, so
@@ -630,8 +695,11 @@ class ViTPooler(nn.Module):
             groups = 1 if self.pooling == "gem" else config.num_attention_heads
             self.gem_p = nn.Parameter(torch.full((groups,), float(config.gem_p_init)))
         self.map_head = ViTMAPHead(config) if self.pooling == "map" else None
+        self.layernorm = (
+            nn.LayerNorm(config.pooled_size, eps=config.layer_norm_eps) if config.layer_norm_after_pooling else None
+        )
         if config.representation_size is not None:
-            self.dense = _declare_init(nn.Linear(config.hidden_size, config.representation_size), "lecun_normal")
+            self.dense = _declare_init(nn.Linear(config.pooled_size, config.representation_size), "lecun_normal")
             self.activation = nn.Tanh()
         else:
             self.dense = None
@@ -641,7 +709,9 @@ class ViTPooler(nn.Module):
             pooled = hidden_states[:, 0]
         else:
             patches = hidden_states[:, self.num_prefix_tokens :]  # (B, N, D)
-            if self.pooling == "gap":
+            if self.pooling == "cls_and_gap":
+                pooled = torch.cat([hidden_states[:, 0], patches.mean(dim=1)], dim=-1)  # (B, 2D)
+            elif self.pooling == "gap":
                 pooled = patches.mean(dim=1)  # after the final LayerNorm, as the reference (timm: before its norm)
             elif self.pooling == "max":
                 pooled = patches.amax(dim=1)
@@ -651,9 +721,18 @@ class ViTPooler(nn.Module):
                 pooled = patches.clamp(min=self.gem_eps).pow(p).mean(dim=1).pow(1.0 / p)
             else:  # "map"
                 pooled = self.map_head(patches)
+        if self.layernorm is not None:
+            pooled = self.layernorm(pooled)
         if self.dense is not None:
             pooled = self.activation(self.dense(pooled))
         return pooled
+
+
+def _final_layer_norm(config: ViTConfig) -> nn.Module:
+    """The LayerNorm over every token after the last block; none when it sits after the pooling instead."""
+    if config.layer_norm_after_pooling:
+        return nn.Identity()
+    return nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
 
 class ViTPreTrainedModel(PreTrainedModel):
@@ -705,6 +784,14 @@ class ViTPreTrainedModel(PreTrainedModel):
                     init.normal_(getattr(module, name), std=self.config.initializer_range)
             if module.cls_token is not None:
                 init.zeros_(module.cls_token)
+            if module.distillation_token is not None:
+                # NOTE: DeiT's (and timm's) initialisation; the paper has no distillation token.
+                init.trunc_normal_(module.distillation_token, std=0.02, a=-2.0, b=2.0)
+            if module.register_tokens is not None:
+                # NOTE: DINOv2's (and timm's) initialisation of the registers; the paper has none.
+                init.normal_(module.register_tokens, std=1e-6)
+        elif isinstance(module, ViTLayerScale):
+            init.constant_(module.gamma, module.init_value)
         elif isinstance(module, ViTSelfAttention) and module.relative_position_embeddings is not None:
             # NOTE: the paper gives no initialisation for the relative embeddings; the position embeddings' N(0, 0.02).
             init.normal_(module.relative_position_embeddings, std=self.config.initializer_range)
@@ -748,13 +835,17 @@ class ViTPreTrainedModel(PreTrainedModel):
         "relative_position_embeddings",
         "prefix_relative_embeddings",
         "cls_token",
+        "distillation_token",
+        "register_tokens",
+        "gamma",
         "probe",
         "gem_p",
     )
 
     def no_weight_decay_parameter_names(self) -> set[str]:
         """Parameters the paper's recipes exclude from weight decay: biases, norms, position embeddings, class token
-        (and the other options' learned positions, the MAP probe and the GeM exponents)."""
+        (and the other options' learned positions and tokens, LayerScale factors, the MAP probe and the GeM
+        exponents)."""
         names = set()
         for name, param in self.named_parameters():
             leaf = name.rsplit(".", 1)[-1]
@@ -798,8 +889,13 @@ class ViTPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         r"""
-        Load an hf_vit model, or a transformers "vit" checkpoint (its config and weights, both the 5.x and the legacy
-        4.x key names, are translated; the model is then hf_vit's and saves in hf_vit's format).
+        Load an hf_vit model, or a checkpoint of transformers' ViT family: model_type "vit", "vit_mae" (the encoder;
+        the decoder is dropped), "deit" (with the distillation token and, from `...WithTeacher`, its head), "dinov2"
+        and "dinov2_with_registers". Their config and weights (the 5.x and the legacy 4.x key names) are translated
+        so that the hf_vit model computes what transformers' computes; the model is then hf_vit's and saves in
+        hf_vit's format. `ViTModel` reproduces the family's bare model, `ViTForImageClassification` its classifier
+        (for ViT-MAE, which has none in transformers: MAE's fine-tuning head, see `transformers_vit_format`).
+        A folder of any other model_type is refused with a `ValueError` naming it.
 
         Transfer, as in the paper (section 3.2): a classifier loaded with `ignore_mismatched_sizes=True` whose head
         does not come from the checkpoint (another `num_labels` / `id2label`, or a checkpoint without a head) gets the
@@ -813,10 +909,15 @@ class ViTPreTrainedModel(PreTrainedModel):
         wants_info = kwargs.get("output_loading_info", False)
         if transfer:
             kwargs["output_loading_info"] = True
-        if kwargs.get("config") is None and pretrained_model_name_or_path is not None and is_transformers_vit_config(
-            pretrained_model_name_or_path, kwargs
-        ):
-            config, state_dict, kwargs = load_transformers_vit(cls.config_class, pretrained_model_name_or_path, kwargs)
+        model_type = None
+        if kwargs.get("config") is None and pretrained_model_name_or_path is not None:
+            model_type = checkpoint_model_type(pretrained_model_name_or_path, kwargs)
+            check_supported_model_type(model_type, pretrained_model_name_or_path)
+        if model_type in SUPPORTED_MODEL_TYPES:
+            task = "classification" if hasattr(cls, "prepare_for_fine_tuning") else "features"
+            config, state_dict, kwargs = load_transformers_vit(
+                cls.config_class, pretrained_model_name_or_path, kwargs, task=task
+            )
             result = super().from_pretrained(None, *model_args, config=config, state_dict=state_dict, **kwargs)
         else:
             result = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
@@ -826,7 +927,7 @@ class ViTPreTrainedModel(PreTrainedModel):
         fresh = set(info.get("missing_keys", ())) | {
             entry[0] if isinstance(entry, (tuple, list)) else entry for entry in info.get("mismatched_keys", ())
         }
-        if any(key.startswith("classifier.") for key in fresh):
+        if any(key.startswith(("classifier.", "distillation_classifier.")) for key in fresh):
             model.prepare_for_fine_tuning(keep_pre_logits=keep_pre_logits)
         return (model, info) if wants_info else model
 
@@ -879,7 +980,7 @@ class ViTModel(ViTPreTrainedModel):
         config.validate_architecture()
         self.embeddings = ViTEmbeddings(config)
         self.encoder = ViTEncoder(config)
-        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.layernorm = _final_layer_norm(config)
         self.pooler = ViTPooler(config) if add_pooling_layer else None
         self.post_init()
 
@@ -903,10 +1004,11 @@ class ViTModel(ViTPreTrainedModel):
             Resample the position embeddings for an input whose size differs from `config.image_size` (any size
             divisible by the patch size, square or not). For a lasting change use `resize_position_embeddings`.
         pooled_only (`bool`, *optional*, defaults to `False`):
-            Compute only what `pooler_output` needs. With class-token pooling the last block then runs its queries,
-            projection and MLP on the class token alone (its keys and values still cover every token): the same
-            numbers for about 1/L less work, and `last_hidden_state` holds the class token only. Ignored
-            when hidden states or attentions are requested, or for the other poolings (they read every token).
+            Compute only what `pooler_output` (and a distillation head) needs. With class-token pooling the last
+            block then runs its queries, projection and MLP on the class (and distillation) token alone (its keys and
+            values still cover every token): the same numbers for about 1/L less work, and `last_hidden_state` holds those
+            tokens only. Ignored when hidden states or attentions are requested, or for the other poolings (they read
+            every token).
         """
         pixel_values, output_attentions, output_hidden_states, return_dict = self._forward_settings(
             pixel_values, output_attentions, output_hidden_states, return_dict
@@ -919,7 +1021,7 @@ class ViTModel(ViTPreTrainedModel):
             embeddings,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
-            last_layer_queries=1 if class_token_only else None,
+            last_layer_queries=self.config.num_prefix_positions if class_token_only else None,
         )
         sequence_output = self.layernorm(encoded.last_hidden_state)
         pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
@@ -933,6 +1035,19 @@ class ViTModel(ViTPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
+@dataclass
+class DistilledImageClassifierOutput(ImageClassifierOutput):
+    """
+    `ImageClassifierOutput` of a classifier with a distillation head (DeiT): `logits` is the mean of the two heads'.
+
+    cls_logits: the class-token head's logits, (B, num_labels).
+    distillation_logits: the distillation-token head's logits, (B, num_labels).
+    """
+
+    cls_logits: torch.FloatTensor | None = None
+    distillation_logits: torch.FloatTensor | None = None
+
+
 class ViTForImageClassification(ViTPreTrainedModel):
     r"""
     ViT with the paper's classification head: pooling, the tanh pre-logits layer when `config.representation_size` is
@@ -940,6 +1055,10 @@ class ViTForImageClassification(ViTPreTrainedModel):
 
     With `labels`, the loss follows `config.problem_type` (single-label cross-entropy, multi-label BCE, regression MSE),
     through transformers' `loss_function`.
+
+    With `config.use_distillation_head` (DeiT), a second linear head reads the distillation token: `logits` is the mean
+    of both heads' logits (DeiT's inference), returned separately as `cls_logits` and `distillation_logits` in a
+    `DistilledImageClassifierOutput`, and the loss with `labels` is that of the averaged logits.
 
     Example:
 
@@ -959,14 +1078,17 @@ class ViTForImageClassification(ViTPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.vit = ViTModel(config, add_pooling_layer=True)
-        width = config.representation_size or config.hidden_size
-        if config.num_labels > 0:
-            self.classifier = _declare_init(
-                nn.Linear(width, config.num_labels), "zeros" if config.head_zero_init else "lecun_normal"
-            )
-        else:
-            self.classifier = nn.Identity()
+        width = config.representation_size or config.pooled_size
+        self.classifier = self._new_head(config, width)
+        # DeiT's second head, on the distillation token (transformers' DeiTForImageClassificationWithTeacher).
+        self.distillation_classifier = self._new_head(config, config.hidden_size) if config.use_distillation_head else None
         self.post_init()
+
+    @staticmethod
+    def _new_head(config: ViTConfig, width: int) -> nn.Module:
+        if config.num_labels > 0:
+            return _declare_init(nn.Linear(width, config.num_labels), "zeros" if config.head_zero_init else "lecun_normal")
+        return nn.Identity()
 
     def prepare_for_fine_tuning(
         self, num_labels: int | None = None, id2label: dict | None = None, keep_pre_logits: bool = False
@@ -991,13 +1113,18 @@ class ViTForImageClassification(ViTPreTrainedModel):
             config.representation_size = None
             self.vit.pooler.dense = None
         config.head_zero_init = True
-        reference = self.vit.layernorm.weight
-        width = config.representation_size or config.hidden_size
-        head = nn.Linear(width, config.num_labels, device=reference.device, dtype=reference.dtype)
-        with torch.no_grad():
-            head.weight.zero_()
-            head.bias.zero_()
-        self.classifier = _declare_init(head, "zeros")
+        reference = self.vit.embeddings.patch_embeddings.projection.weight
+
+        def zero_head(width):
+            head = nn.Linear(width, config.num_labels, device=reference.device, dtype=reference.dtype)
+            with torch.no_grad():
+                head.weight.zero_()
+                head.bias.zero_()
+            return _declare_init(head, "zeros")
+
+        self.classifier = zero_head(config.representation_size or config.pooled_size)
+        if self.distillation_classifier is not None:
+            self.distillation_classifier = zero_head(config.hidden_size)
         self.num_labels = config.num_labels
         return self
 
@@ -1025,11 +1152,18 @@ class ViTForImageClassification(ViTPreTrainedModel):
             pooled_only=True,  # the head reads the pooled vector only
         )
         logits = self.classifier(outputs.pooler_output)
+        extra = {}
+        if self.distillation_classifier is not None:
+            # DeiT at inference: the mean of the class-token head and the distillation-token head.
+            distillation_token = outputs.last_hidden_state[:, int(self.config.use_class_token)]  # (B, D)
+            extra = {"cls_logits": logits, "distillation_logits": self.distillation_classifier(distillation_token)}
+            logits = (extra["cls_logits"] + extra["distillation_logits"]) / 2
         loss = None
         if labels is not None:
             loss = self.loss_function(labels, logits, self.config)
-        output = ImageClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        output_class = DistilledImageClassifierOutput if extra else ImageClassifierOutput
+        output = output_class(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions, **extra
         )
         return output if return_dict else output.to_tuple()
 
@@ -1063,7 +1197,7 @@ class ViTBackbone(BackboneMixin, ViTPreTrainedModel):
         config.validate_architecture()
         self.embeddings = ViTEmbeddings(config)
         self.encoder = ViTEncoder(config)
-        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.layernorm = _final_layer_norm(config)
         self.num_features = [config.hidden_size] * (config.num_hidden_layers + 1)
         self.post_init()
 
@@ -1284,6 +1418,7 @@ class ViTForMaskedPatchPrediction(ViTPreTrainedModel):
 
 
 __all__ = [
+    "DistilledImageClassifierOutput",
     "MaskedPatchPredictionOutput",
     "ViTBackbone",
     "ViTForImageClassification",

@@ -1,8 +1,26 @@
-"""transformers' own ViT ("vit") checkpoints <-> hf_vit: the config translation and the key map, both directions.
+"""transformers' own ViT-family checkpoints <-> hf_vit: the config translation and the key map.
 
 It lives next to the model because `from_pretrained` needs it; `hf_vit.conversion` imports it.
-transformers 5.x names its layers `layers.N.attention.q_proj`; the files it writes (and every Hub checkpoint such as
-google/vit-base-patch16-224) still use the 4.x names `encoder.layer.N.attention.attention.query`. Both are read.
+
+Read (into hf_vit): the model types whose model hf_vit reproduces exactly, `SUPPORTED_MODEL_TYPES`:
+- "vit": transformers' ViT (the paper's model);
+- "vit_mae": ViT-MAE's encoder (He et al., "Masked Autoencoders Are Scalable Vision Learners"): its stored sin-cos
+  position table is loaded as a learned one (as MAE's fine-tuning does); the decoder is dropped;
+- "deit": DeiT (Touvron et al., "Training data-efficient image transformers & distillation through attention"):
+  the distillation token, and the distillation head of `DeiTForImageClassificationWithTeacher`;
+- "dinov2" / "dinov2_with_registers": DINOv2 (Oquab et al.) with LayerScale, the SwiGLU MLP of ViT-g, register
+  tokens (Darcet et al., "Vision Transformers Need Registers") and its linear head on [class token, patch mean].
+Written (from hf_vit): "vit" only (`state_dict_to_transformers_vit`).
+
+transformers 5.x names its layers `layers.N.attention.q_proj` (or `encoder.layer.N...` for DINOv2); the files it
+writes (and every Hub checkpoint such as google/vit-base-patch16-224) still use the 4.x names
+`encoder.layer.N.attention.attention.query`. Both are read.
+
+Each hf_vit class reproduces the transformers class of the same role on a folder: `ViTModel` (and `ViTBackbone`)
+the bare model (`ViTMAEModel`, `DeiTModel`, `Dinov2Model`, ...), `ViTForImageClassification` the family's
+classifier (`DeiTForImageClassification[WithTeacher]`, `Dinov2ForImageClassification`). ViT-MAE has no classifier in
+transformers: `ViTForImageClassification` then builds MAE's own fine-tuning model (mean of the patch tokens, a new
+LayerNorm of its own in place of the encoder's final one, timm's `fc_norm`, then the linear head).
 """
 
 import json
@@ -12,7 +30,10 @@ import torch
 from safetensors.torch import load_file
 
 from transformers import PreTrainedConfig
-from transformers.utils import cached_file
+from transformers.utils import cached_file, logging
+
+
+logger = logging.get_logger(__name__)
 
 
 HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
@@ -25,7 +46,13 @@ LOADING_KWARGS = HUB_KWARGS + (
     "trust_remote_code", "allow_all_kernels", "use_kernels", "kernel_config", "key_mapping",
 )
 
-# hf_vit name (within the base model) -> transformers 4.x name; q/k/v are fused into `qkv` separately.
+# The model types whose checkpoints hf_vit reproduces exactly (see the module docstring).
+SUPPORTED_MODEL_TYPES = ("vit", "vit_mae", "deit", "dinov2", "dinov2_with_registers")
+# What `from_pretrained` builds from such a folder: "features" for the bare model (and the backbone), or
+# "classification" for ViTForImageClassification.
+TASKS = ("features", "classification")
+
+# hf_vit name (within the base model) -> transformers 4.x name; q/k/v are fused into `qkv` separately. Export only.
 _LAYER_RENAMES_4X = {
     "layernorm_before": "layernorm_before",
     "layernorm_after": "layernorm_after",
@@ -33,63 +60,250 @@ _LAYER_RENAMES_4X = {
     "mlp.fc1": "intermediate.dense",
     "mlp.fc2": "output.dense",
 }
-_LAYER_RENAMES_5X = {
-    "layernorm_before": "layernorm_before",
-    "layernorm_after": "layernorm_after",
-    "attention.o_proj": "attention.o_proj",
-    "mlp.fc1": "mlp.fc1",
-    "mlp.fc2": "mlp.fc2",
-}
 _QKV_4X = ("attention.attention.query", "attention.attention.key", "attention.attention.value")
-_QKV_5X = ("attention.q_proj", "attention.k_proj", "attention.v_proj")
-# Tensors outside the blocks keep their names in all three formats.
+
+# Reading: every family's layer module (4.x file names and 5.x in-memory names) -> hf_vit's. The names never collide
+# across families, so one table serves all of them.
+_LAYER_MODULES = {
+    "layernorm_before": "layernorm_before",  # ViT, ViT-MAE, DeiT
+    "layernorm_after": "layernorm_after",
+    "norm1": "layernorm_before",  # DINOv2
+    "norm2": "layernorm_after",
+    "attention.output.dense": "attention.o_proj",  # 4.x
+    "attention.o_proj": "attention.o_proj",  # 5.x
+    "intermediate.dense": "mlp.fc1",  # 4.x ViT, ViT-MAE, DeiT
+    "output.dense": "mlp.fc2",
+    "mlp.fc1": "mlp.fc1",  # 5.x, and DINOv2
+    "mlp.fc2": "mlp.fc2",
+    "mlp.weights_in": "mlp.fc1",  # DINOv2's SwiGLU (4.x): gate and value packed, gate first, as hf_vit's fc1
+    "mlp.weights_out": "mlp.fc2",
+    "mlp.down_proj": "mlp.fc2",  # DINOv2's SwiGLU (5.x)
+    "layer_scale1": "layer_scale_attention",  # DINOv2's LayerScale (parameter `lambda1` -> `gamma`)
+    "layer_scale2": "layer_scale_mlp",
+}
+_QKV_PARTS = {
+    "attention.attention.query": 0, "attention.attention.key": 1, "attention.attention.value": 2,  # 4.x
+    "attention.q_proj": 0, "attention.k_proj": 1, "attention.v_proj": 2,  # 5.x
+}
+_GATED_PARTS = {"mlp.gate_proj": 0, "mlp.up_proj": 1}  # DINOv2's SwiGLU (5.x): packed into fc1, gate first
+_PARAMETER_RENAMES = {"lambda1": "gamma"}
+# Tensors outside the blocks that keep their names (within the base model).
 _SHARED = (
     "embeddings.cls_token",
     "embeddings.position_embeddings",
     "embeddings.patch_embeddings.projection.weight",
     "embeddings.patch_embeddings.projection.bias",
+    "embeddings.distillation_token",  # DeiT
+    "embeddings.register_tokens",  # DINOv2 with registers
     "layernorm.weight",
     "layernorm.bias",
     "pooler.dense.weight",
     "pooler.dense.bias",
 )
+# The ones transformers' "vit" has (export).
+_SHARED_VIT = tuple(name for name in _SHARED if name.split(".")[1] not in ("distillation_token", "register_tokens"))
+# Heads (outside the base model): transformers name -> hf_vit name.
+_HEADS = {
+    "classifier": "classifier",
+    "cls_classifier": "classifier",  # DeiTForImageClassificationWithTeacher
+    "distillation_classifier": "distillation_classifier",
+}
+# Source tensors hf_vit has no place for, by design: (key prefix within the checkpoint, why, logged as a warning).
+_DROPPED = (
+    ("decoder.", "ViT-MAE's pixel decoder (pre-training only)", True),
+    ("embeddings.mask_token", "the mask token of pre-training (DINOv2's iBOT), unused by the encoder", False),
+)
+# The base model's attribute in each family's heads (`vit.` in hf_vit).
+_BASE_PREFIXES = ("vit.", "deit.", "dinov2_with_registers.", "dinov2.")
 
-_LAYER_4X = re.compile(r"^(?P<prefix>(?:vit\.)?)encoder\.layer\.(?P<index>\d+)\.(?P<rest>.+)$")
-_LAYER_5X = re.compile(r"^(?P<prefix>(?:vit\.)?)layers\.(?P<index>\d+)\.(?P<rest>.+)$")
+_LAYER = re.compile(r"^(?:encoder\.layer|layers)\.(?P<index>\d+)\.(?P<rest>.+)$")
 
 
 def _hub_kwargs(kwargs):
     return {k: kwargs[k] for k in HUB_KWARGS if kwargs.get(k) is not None}
 
 
-def is_transformers_vit_config(pretrained_model_name_or_path, kwargs) -> bool:
-    """Whether the folder or repo holds a transformers "vit" config (False when it holds no config at all)."""
+def checkpoint_model_type(pretrained_model_name_or_path, kwargs) -> str | None:
+    """The `model_type` of the folder's or repo's config.json; None when it holds no (readable) config."""
     try:
         config_dict, _ = PreTrainedConfig.get_config_dict(pretrained_model_name_or_path, **_hub_kwargs(kwargs))
     except OSError:
-        return False
-    return config_dict.get("model_type") == "vit"
+        return None
+    return config_dict.get("model_type")
+
+
+def is_transformers_vit_config(pretrained_model_name_or_path, kwargs) -> bool:
+    """Whether the folder or repo holds a transformers "vit" config (False when it holds no config at all)."""
+    return checkpoint_model_type(pretrained_model_name_or_path, kwargs) == "vit"
+
+
+def check_supported_model_type(model_type, where) -> None:
+    """Raise a `ValueError` naming `model_type` and the supported ones when hf_vit cannot reproduce the checkpoint."""
+    if model_type in (None, "hf_vit") or model_type in SUPPORTED_MODEL_TYPES:
+        return
+    raise ValueError(
+        f"{where} holds a checkpoint of model_type {model_type!r}, which hf_vit cannot reproduce (it would load "
+        f"something else). Supported: 'hf_vit' and transformers' {list(SUPPORTED_MODEL_TYPES)}."
+    )
+
+
+# The config fields every family shares with hf_vit's, and PreTrainedConfig's own (labels, problem type, ...).
+_SHARED_FIELDS = (
+    "image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads",
+    "intermediate_size", "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "layer_norm_eps",
+    "initializer_range", "qkv_bias", "drop_path_rate",
+)
+_GENERIC_FIELDS = (
+    "id2label", "label2id", "problem_type", "dtype", "torch_dtype", "output_attentions", "output_hidden_states",
+    "return_dict", "chunk_size_feed_forward",
+)
+# transformers' own defaults where a family's config.json may leave a field out (not hf_vit's).
+_FAMILY_DEFAULTS = {
+    "vit": {"hidden_act": "gelu", "layer_norm_eps": 1e-12},
+    "vit_mae": {"hidden_act": "gelu", "layer_norm_eps": 1e-12},
+    "deit": {"hidden_act": "gelu", "layer_norm_eps": 1e-12},
+    "dinov2": {"hidden_act": "gelu", "layer_norm_eps": 1e-6},
+    "dinov2_with_registers": {"hidden_act": "gelu", "layer_norm_eps": 1e-6},
+}
+# Each family's position-embedding resampling (transformers' `interpolate_pos_encoding`): all bicubic on the
+# half-pixel grid; DINOv2 with registers anti-aliased on top. (Their code resamples whenever the grid differs;
+# hf_vit asks for `interpolate_pos_encoding=True`, as for its own models.)
+_RESAMPLING = {
+    "vit_mae": {"position_embedding_interpolation": "bicubic", "position_embedding_align_corners": False},
+    "deit": {"position_embedding_interpolation": "bicubic", "position_embedding_align_corners": False},
+    "dinov2": {"position_embedding_interpolation": "bicubic", "position_embedding_align_corners": False},
+    "dinov2_with_registers": {
+        "position_embedding_interpolation": "bicubic", "position_embedding_align_corners": False,
+        "position_embedding_antialias": True,
+    },
+}
+
+
+def _tanh_pooler_width(config_dict) -> int:
+    if config_dict.get("pooler_act", "tanh") != "tanh":
+        raise ValueError(
+            f"This transformers {config_dict.get('model_type')} checkpoint's pooler uses "
+            f"`pooler_act={config_dict['pooler_act']!r}`; hf_vit's pre-logits layer is tanh (the paper's), so it cannot "
+            "be loaded as is."
+        )
+    return config_dict.get("pooler_output_size") or config_dict.get("hidden_size", 768)
+
+
+def dinov2_intermediate_size(hidden_size: int, mlp_ratio, swiglu: bool) -> int:
+    """The MLP width of transformers' (and DINOv2's) MLP: hidden * mlp_ratio, or for the SwiGLU MLP 2/3 of it rounded
+    up to a multiple of 8 (the width of each of its two projections)."""
+    width = int(hidden_size * mlp_ratio)
+    if swiglu:
+        width = (int(width * 2 / 3) + 7) // 8 * 8
+    return width
+
+
+def config_from_transformers(config_dict: dict, weight_names, task: str = "features") -> tuple[dict, list[str]]:
+    """
+    hf_vit `ViTConfig` fields for a transformers config dict of a `SUPPORTED_MODEL_TYPES` family, and notes on what
+    the translation chose (worth a warning). `weight_names`: the checkpoint's tensor names (which heads and pooler it holds). `task`:
+    "features" (the bare model) or "classification" (see the module docstring).
+    """
+    model_type = config_dict.get("model_type")
+    check_supported_model_type(model_type, "The config")
+    if task not in TASKS:
+        raise ValueError(f"`task` must be one of {list(TASKS)}, got {task!r}.")
+    names = set(weight_names)
+    has = lambda suffix: any(n == suffix or n.endswith("." + suffix) for n in names)  # noqa: E731
+    notes = []
+    out = {k: config_dict[k] for k in (*_SHARED_FIELDS, *_GENERIC_FIELDS) if k in config_dict}
+    for name, value in _FAMILY_DEFAULTS[model_type].items():
+        out.setdefault(name, value)
+    out.update(_RESAMPLING.get(model_type, {}))
+    out.update(pooling="cls", head_zero_init=True, representation_size=None)
+
+    if model_type == "vit":
+        if has("pooler.dense.weight"):
+            out["representation_size"] = _tanh_pooler_width(config_dict)
+    elif model_type == "vit_mae":
+        out["use_class_token"] = True
+        if task == "classification":
+            # NOTE: MAE's fine-tuning (its main_finetune.py, timm's fc_norm): average the patch tokens, then a fresh
+            # LayerNorm; the encoder's final LayerNorm is not used.
+            out.update(pooling="gap", layer_norm_after_pooling=True)
+            notes.append(
+                "ViT-MAE has no classifier: built MAE's fine-tuning head (mean of the patch tokens, a new LayerNorm in "
+                "place of the encoder's final one, a new linear head); pass layer_norm_after_pooling=False and "
+                "pooling='cls' to keep the final LayerNorm"
+            )
+        else:
+            out["pooling"] = "gap"  # MAE fine-tunes on the patch mean; transformers' ViTMAEModel has no pooler
+    elif model_type == "deit":
+        out["use_distillation_token"] = True
+        out["use_distillation_head"] = has("distillation_classifier.weight")
+        if task == "features" and has("pooler.dense.weight"):
+            out["representation_size"] = _tanh_pooler_width(config_dict)
+    else:  # dinov2, dinov2_with_registers
+        swiglu = bool(config_dict.get("use_swiglu_ffn", False))
+        hidden = config_dict.get("hidden_size", 768)
+        out["intermediate_size"] = dinov2_intermediate_size(hidden, config_dict.get("mlp_ratio", 4), swiglu)
+        if swiglu:
+            out.update(mlp_type="gated", hidden_act="silu")  # transformers' SwiGLU ignores hidden_act
+        out["layer_scale_init_value"] = float(config_dict.get("layerscale_value", 1.0))
+        out["num_register_tokens"] = int(config_dict.get("num_register_tokens", 0)) if model_type != "dinov2" else 0
+        if task == "classification":
+            out["pooling"] = "cls_and_gap"  # Dinov2ForImageClassification's linear head
+    return out, notes
 
 
 def config_from_transformers_vit(config_dict: dict, has_pooler: bool) -> dict:
     """hf_vit `ViTConfig` fields for a transformers "vit" config dict (a `ViTModel` checkpoint's pooler becomes the
     tanh pre-logits layer, `representation_size`)."""
-    out = {k: v for k, v in config_dict.items() if k not in ("model_type", "architectures", "transformers_version")}
-    for dropped in ("encoder_stride", "pooler_output_size", "pooler_act", "auto_map"):
-        out.pop(dropped, None)
-    out.setdefault("hidden_act", "gelu")  # transformers' defaults, not hf_vit's (exact GELU, eps 1e-12)
-    out.setdefault("layer_norm_eps", 1e-12)
-    out["pooling"] = "cls"
-    out["head_zero_init"] = True
-    out["representation_size"] = None
-    if has_pooler:
-        if config_dict.get("pooler_act", "tanh") != "tanh":
-            raise ValueError(
-                f"This transformers ViT checkpoint's pooler uses `pooler_act={config_dict['pooler_act']!r}`; hf_vit's "
-                "pre-logits layer is tanh (the paper's), so it cannot be loaded as is."
-            )
-        out["representation_size"] = config_dict.get("pooler_output_size") or config_dict.get("hidden_size", 768)
-    return out
+    fields, _ = config_from_transformers({**config_dict, "model_type": "vit"}, ["pooler.dense.weight"] if has_pooler else [])
+    return fields
+
+
+def state_dict_from_transformers(state_dict: dict) -> tuple[dict, list[str]]:
+    """
+    Tensors of any `SUPPORTED_MODEL_TYPES` checkpoint (4.x or 5.x names, with or without the base model's prefix) ->
+    (hf_vit-named tensors, the source keys dropped on purpose: MAE's decoder, the pre-training mask token).
+
+    The base model's prefix (`vit.`, `deit.`, `dinov2.`, ...) becomes hf_vit's `vit.`; bare keys stay bare. Raises a
+    `ValueError` listing any key it does not know, rather than dropping it silently.
+    """
+    out, pending, unknown, dropped = {}, {}, [], []
+    for key, tensor in state_dict.items():
+        source_prefix = next((p for p in _BASE_PREFIXES if key.startswith(p)), "")
+        bare = key[len(source_prefix) :]
+        prefix = "vit." if source_prefix else ""
+        if any(bare.startswith(start) for start, _, _ in _DROPPED):
+            dropped.append(key)
+            continue
+        if bare in _SHARED:
+            out[prefix + bare] = tensor
+            continue
+        head, _, param = bare.rpartition(".")
+        if not source_prefix and head in _HEADS:
+            out[f"{_HEADS[head]}.{param}"] = tensor
+            continue
+        match = _LAYER.match(bare)
+        if match is None:
+            unknown.append(key)
+            continue
+        rest, target = match["rest"], f"{prefix}encoder.layers.{match['index']}."
+        module, _, param = rest.rpartition(".")
+        if module in _LAYER_MODULES:
+            out[target + f"{_LAYER_MODULES[module]}.{_PARAMETER_RENAMES.get(param, param)}"] = tensor
+        elif module in _QKV_PARTS:
+            pending.setdefault((target + "attention.qkv", param, 3), {})[_QKV_PARTS[module]] = tensor
+        elif module in _GATED_PARTS:
+            pending.setdefault((target + "mlp.fc1", param, 2), {})[_GATED_PARTS[module]] = tensor
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(
+            f"Unknown keys in the transformers checkpoint: {unknown[:10]}{' ...' if len(unknown) > 10 else ''}"
+        )
+    for (target, param, count), parts in pending.items():
+        if len(parts) != count:
+            raise ValueError(f"The checkpoint has only {len(parts)} of the {count} fused parts of {target} ({param}).")
+        out[f"{target}.{param}"] = torch.cat([parts[i] for i in range(count)], dim=0)
+    return out, dropped
 
 
 def state_dict_from_transformers_vit(state_dict: dict) -> dict:
@@ -97,35 +311,7 @@ def state_dict_from_transformers_vit(state_dict: dict) -> dict:
 
     Raises a `ValueError` listing any key it does not know, rather than dropping it silently.
     """
-    out, pending_qkv, unknown = {}, {}, []
-    for key, tensor in state_dict.items():
-        bare = key[4:] if key.startswith("vit.") else key
-        prefix = "vit." if key.startswith("vit.") else ""
-        if bare in _SHARED or key.startswith("classifier."):
-            out[key] = tensor
-            continue
-        match = _LAYER_4X.match(key) or _LAYER_5X.match(key)
-        if match is None:
-            unknown.append(key)
-            continue
-        renames, qkv_names = (_LAYER_RENAMES_4X, _QKV_4X) if _LAYER_4X.match(key) else (_LAYER_RENAMES_5X, _QKV_5X)
-        rest, target = match["rest"], f"{prefix}encoder.layers.{match['index']}."
-        param = rest.rsplit(".", 1)[-1]
-        module = rest[: -len(param) - 1]
-        hf_vit_name = next((ours for ours, theirs in renames.items() if theirs == module), None)
-        if hf_vit_name is not None:
-            out[target + f"{hf_vit_name}.{param}"] = tensor
-        elif module in qkv_names:
-            pending_qkv.setdefault((target, param), {})[qkv_names.index(module)] = tensor
-        else:
-            unknown.append(key)
-    if unknown:
-        raise ValueError(f"Unknown keys in the transformers ViT checkpoint: {unknown[:10]}{' ...' if len(unknown) > 10 else ''}")
-    for (target, param), parts in pending_qkv.items():
-        if len(parts) != 3:
-            raise ValueError(f"The checkpoint has only {len(parts)} of query/key/value for {target}attention ({param}).")
-        out[f"{target}attention.qkv.{param}"] = torch.cat([parts[0], parts[1], parts[2]], dim=0)
-    return out
+    return state_dict_from_transformers(state_dict)[0]
 
 
 def state_dict_to_transformers_vit(state_dict: dict) -> dict:
@@ -134,7 +320,7 @@ def state_dict_to_transformers_vit(state_dict: dict) -> dict:
     pattern = re.compile(r"^(?P<prefix>(?:vit\.)?)encoder\.layers\.(?P<index>\d+)\.(?P<module>.+)\.(?P<param>weight|bias)$")
     for key, tensor in state_dict.items():
         bare = key[4:] if key.startswith("vit.") else key
-        if bare in _SHARED or key.startswith("classifier."):
+        if bare in _SHARED_VIT or key.startswith("classifier."):
             out[key] = tensor
             continue
         match = pattern.match(key)
@@ -177,13 +363,33 @@ def _read_weights(path, kwargs) -> dict:
     raise OSError(f"No model weights (model.safetensors, its sharded index, or pytorch_model.bin) found in {path}.")
 
 
-def load_transformers_vit(config_class, path, kwargs):
-    """Read a transformers "vit" checkpoint: (hf_vit config, hf_vit state dict, the kwargs left for from_pretrained)."""
+def unused_by_config(config, state_dict: dict) -> list[str]:
+    """hf_vit tensors of a translated checkpoint that `config` (a `ViTConfig` or its fields) has no place for, on purpose: the pooler without
+    `representation_size`, the final LayerNorm with `layer_norm_after_pooling`, a head the config does not have."""
+    get = config.get if isinstance(config, dict) else lambda name, default=None: getattr(config, name, default)
+    unused = []
+    for key in state_dict:
+        bare = key[4:] if key.startswith("vit.") else key
+        if bare.startswith("pooler.dense.") and get("representation_size") is None:
+            unused.append(key)
+        elif bare.startswith("layernorm.") and get("layer_norm_after_pooling", False):
+            unused.append(key)
+        elif key.startswith("distillation_classifier.") and not get("use_distillation_head", False):
+            unused.append(key)
+    return unused
+
+
+def load_transformers_vit(config_class, path, kwargs, task: str = "features"):
+    """
+    Read a transformers checkpoint of a `SUPPORTED_MODEL_TYPES` family: (hf_vit config, hf_vit state dict, the kwargs
+    left for from_pretrained). `task`: "features" (`ViTModel`, `ViTBackbone`) or "classification"
+    (`ViTForImageClassification`), see the module docstring. What is left out on purpose is logged.
+    """
     kwargs = dict(kwargs)
     config_dict, _ = PreTrainedConfig.get_config_dict(path, **_hub_kwargs(kwargs))
+    model_type = config_dict.get("model_type")
     weights = _read_weights(path, kwargs)
-    has_pooler = any(k.endswith("pooler.dense.weight") for k in weights)
-    fields = config_from_transformers_vit(config_dict, has_pooler)
+    fields, notes = config_from_transformers(config_dict, weights.keys(), task)
     # Config overrides passed to from_pretrained (num_labels, id2label, attn_implementation, ...) apply here, as
     # from_pretrained would apply them; loading options go on to from_pretrained (without the hub ones: the
     # weights are read already).
@@ -191,11 +397,32 @@ def load_transformers_vit(config_class, path, kwargs):
     config, unused = config_class.from_dict(fields, return_unused_kwargs=True, **kwargs)
     for name in HUB_KWARGS + ("use_safetensors", "weights_only"):
         loading.pop(name, None)
-    return config, state_dict_from_transformers_vit(weights), {**unused, **loading}
+    state_dict, dropped = state_dict_from_transformers(weights)
+    left_out = unused_by_config(config, state_dict)
+    for key in left_out:
+        del state_dict[key]
+    details = []
+    for prefix, why, important in _DROPPED:
+        keys = [k for k in dropped if prefix in k]
+        if keys:
+            (notes if important else details).append(f"dropped {len(keys)} tensor(s) of {why} ({keys[0]}, ...)")
+    if left_out:
+        details.append(f"not used by this model: {', '.join(left_out[:4])}{' ...' if len(left_out) > 4 else ''}")
+    for note in notes:
+        logger.warning(f"{path} ({model_type}): {note}.")
+    for note in details:
+        logger.info(f"{path} ({model_type}): {note}.")
+    return config, state_dict, {**unused, **loading}
 
 
 __all__ = [
+    "SUPPORTED_MODEL_TYPES",
+    "check_supported_model_type",
+    "checkpoint_model_type",
+    "config_from_transformers",
     "config_from_transformers_vit",
+    "state_dict_from_transformers",
+    "unused_by_config",
     "load_transformers_vit",
     "state_dict_from_transformers_vit",
     "state_dict_to_transformers_vit",

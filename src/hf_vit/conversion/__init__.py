@@ -1,5 +1,7 @@
 """Other checkpoint formats -> hf_vit and back: the original JAX `.npz` files (vit_jax and big_vision layouts), timm
-state dicts and transformers "vit" checkpoints (ViT paper, section 3.1 for the model, 3.2 for the resolution change).
+state dicts and transformers checkpoints of the ViT family ("vit", and the self-supervised and distilled "vit_mae",
+"deit", "dinov2", "dinov2_with_registers"; timm's variants of them too) (ViT paper, section 3.1 for the model, 3.2 for
+the resolution change).
 
     from hf_vit.conversion import load_npz
     model = load_npz("imagenet21k+imagenet2012_ViT-B_16-224.npz")           # the original model, its logits
@@ -118,7 +120,8 @@ def load_timm(
     """
     Load a timm `VisionTransformer` state dict (a dict, a safetensors file, a timm folder with `config.json`, or a
     `.pth`/`.bin` pickle with `allow_pickle=True`) as an hf_vit `ViTForImageClassification`: exact GELU, eps 1e-6,
-    as timm. `num_attention_heads` is needed only when neither the folder's config nor the paper's variant table
+    as timm. The ViT variants of the MAE (`fc_norm`), DeiT (distilled, DeiT III) and DINOv2 (LayerScale, registers,
+    ViT-g's SwiGLU) families are read too (see `timm_format`). `num_attention_heads` is needed only when neither the folder's config nor the paper's variant table
     gives it (timm fuses q, k, v). Other arguments as in `load_npz`; `check` compares with timm (if installed).
     """
     source = StateDictSource(path_or_state_dict, allow_pickle=allow_pickle)

@@ -116,7 +116,7 @@ def infer(source, prefix: str) -> dict:
 def key_map(config, prefix: str, layout: dict) -> list[Rule]:
     """The big_vision key map for a config that matches the file (see `infer`)."""
     modules = NUMBERINGS[layout["numbering"]]
-    prefix_rows = config.num_prefix_tokens
+    prefix_rows = config.num_prefix_positions
     positions = (
         identity if layout["pos_has_prefix_row"] or prefix_rows == 0 else position_embeddings_with_zero_prefix(prefix_rows)
     )

@@ -36,17 +36,24 @@ def sample_images(config, batch_size: int = 2, seed: int = 0) -> torch.Tensor:
 
 @torch.no_grad()
 def hf_vit_outputs(model, pixel_values) -> dict[str, np.ndarray]:
-    base = model.vit(pixel_values)
-    out = {"encoded": base.last_hidden_state.numpy(), "pooled": base.pooler_output.numpy()}
+    """What a reference may compare: `logits` (the classifier's, both heads averaged for a distilled one), `pooled`,
+    `encoded` (the tokens after the final LayerNorm, or un-normalised with `layer_norm_after_pooling`) and
+    `blocks` (the last block's output, before any final LayerNorm)."""
+    base = model.vit(pixel_values, output_hidden_states=True)
+    out = {
+        "encoded": base.last_hidden_state.numpy(),
+        "pooled": base.pooler_output.numpy(),
+        "blocks": base.hidden_states[-1].numpy(),
+    }
     if model.config.num_labels > 0:
-        out["logits"] = model.classifier(base.pooler_output).numpy()
+        out["logits"] = model(pixel_values).logits.numpy()
     return out
 
 
 def compare(ours: dict, theirs: dict, name: str, path: str) -> float:
     """Max |difference| over the outputs both sides have; raises `ConversionError` beyond tolerance."""
     worst, scale = 0.0, 0.0
-    common = [k for k in ("logits", "pooled", "encoded") if theirs.get(k) is not None and k in ours]
+    common = [k for k in ("logits", "pooled", "encoded", "blocks") if theirs.get(k) is not None and k in ours]
     if not common:
         raise ConversionError(f"internal: {name} gave no output to compare.")
     for key in common:
@@ -113,7 +120,7 @@ def timm_state_dict_reference(source, config, pos_has_prefix_row: bool = True):
 
     from .timm_format import timm_architecture, timm_model_args
 
-    args = timm_model_args(config)
+    args = timm_model_args(config, for_export=False)
     if config.use_class_token and not pos_has_prefix_row:
         args["no_embed_class"] = True
     model = timm.create_model(timm_architecture(config), pretrained=False, **args).eval()
@@ -130,26 +137,48 @@ def timm_state_dict_reference(source, config, pos_has_prefix_row: bool = True):
     return "timm", run
 
 
-def transformers_reference(path, has_classifier: bool):
-    """transformers' own ViT loading the folder."""
+def transformers_reference(path, has_classifier: bool, compare_tokens: bool = True):
+    """transformers' own model of the folder's family loading the folder: its classifier (the folder's own class,
+    e.g. `DeiTForImageClassificationWithTeacher`) when it has one, else its bare model (ViT-MAE with every patch
+    kept, in order). `compare_tokens=False`: skip the tokens after the final LayerNorm (an hf_vit model that
+    normalises after the pooling instead) and compare the last block's output."""
     import transformers
 
+    config_dict, _ = transformers.PreTrainedConfig.get_config_dict(path)
+    model_type = config_dict.get("model_type")
+    architecture = (config_dict.get("architectures") or [""])[0]
+    extra = {"mask_ratio": 0.0} if model_type == "vit_mae" else {}
     if has_classifier:
-        model = transformers.ViTForImageClassification.from_pretrained(path).eval()
-    else:
+        classifier_class = getattr(transformers, architecture, None)
+        if classifier_class is None or "ImageClassification" not in architecture:
+            classifier_class = transformers.AutoModelForImageClassification
+        model = classifier_class.from_pretrained(path, **extra).eval()
+    elif model_type == "vit":
         model = transformers.ViTModel.from_pretrained(path).eval()
+    else:
+        model = transformers.AutoModel.from_pretrained(path, **extra).eval()
 
     @torch.no_grad()
     def run(pixel_values):
+        kwargs = {}
+        if model_type == "vit_mae":
+            num_patches = model.config.image_size // model.config.patch_size
+            kwargs["noise"] = torch.arange(num_patches**2, dtype=torch.float32).expand(pixel_values.shape[0], -1)
         if has_classifier:
-            return {"logits": model(pixel_values).logits.numpy()}
-        out = model(pixel_values)
-        result = {"encoded": out.last_hidden_state.numpy()}
-        if out.pooler_output is not None:
+            out = model(pixel_values, output_hidden_states=model_type != "vit", **kwargs)
+            result = {"logits": out.logits.numpy()}
+            if model_type != "vit":
+                result["blocks"] = out.hidden_states[-1].numpy()
+            return result
+        out = model(pixel_values, output_hidden_states=True, **kwargs)
+        result = {"blocks": out.hidden_states[-1].numpy()}
+        if compare_tokens:
+            result["encoded"] = out.last_hidden_state.numpy()
+        if getattr(out, "pooler_output", None) is not None and model_type == "vit":
             result["pooled"] = out.pooler_output.numpy()
         return result
 
-    return "transformers' ViT", run
+    return f"transformers' {type(model).__name__}", run
 
 
 def _without_pre_logits(config):

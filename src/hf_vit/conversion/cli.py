@@ -13,14 +13,19 @@ import sys
 
 SOURCES = ("npz", "timm", "transformers", "hf_vit")
 TARGETS = ("hf_vit", "transformers", "timm")
-# --resample -> (position_embedding_interpolation, position_embedding_align_corners)
-RESAMPLING = {"reference": ("bilinear", True), "timm": ("bilinear", False), "bicubic": ("bicubic", False)}
+# --resample -> (position_embedding_interpolation, position_embedding_align_corners, position_embedding_antialias)
+RESAMPLING = {
+    "reference": ("bilinear", True, False),
+    "timm": ("bilinear", False, False),
+    "bicubic": ("bicubic", False, False),
+    "bicubic_antialias": ("bicubic", False, True),
+}
 
 
 def add_subcommand(subparsers) -> None:
     parser = subparsers.add_parser(
         "convert",
-        help="Convert a checkpoint (original JAX .npz, timm, transformers 'vit') into an hf_vit folder.",
+        help="Convert a checkpoint (original JAX .npz, timm, transformers' ViT family) into an hf_vit folder.",
         description=__doc__,
     )
     parser.add_argument("source", metavar="SRC", help="An .npz file, a timm state dict / folder, or a model folder")
@@ -30,9 +35,11 @@ def add_subcommand(subparsers) -> None:
     parser.add_argument("--image-size", type=int, nargs="+", metavar="N",
                         help="Resolution of the converted model (one value, or height width); position embeddings "
                         "are resampled")
-    parser.add_argument("--resample", choices=sorted(RESAMPLING), default="reference",
+    parser.add_argument("--resample", choices=sorted(RESAMPLING), default=None,
                         help="How position embeddings are resampled: 'reference' (bilinear, corners aligned, as the "
-                        "original code), 'timm' (bilinear, half-pixel) or 'bicubic'")
+                        "original code), 'timm' (bilinear, half-pixel), 'bicubic' (half-pixel) or 'bicubic_antialias' "
+                        "(timm's default, DINOv2 with registers). Default: the source's own (transformers' DeiT, "
+                        "ViT-MAE, DINOv2: their bicubic), else 'reference'")
     labels = parser.add_mutually_exclusive_group()
     labels.add_argument("--num-labels", type=int, metavar="K", help="New zero-initialised head with K classes")
     labels.add_argument("--id2label", metavar="FILE",
@@ -53,6 +60,7 @@ def add_subcommand(subparsers) -> None:
 
 def detect_format(path) -> str | None:
     """The source format `path` looks like ("npz", "timm", "transformers", "hf_vit"), or None."""
+    from ..transformers_vit_format import SUPPORTED_MODEL_TYPES
     from .sources import describe_file
 
     if os.path.isdir(path):
@@ -64,7 +72,7 @@ def detect_format(path) -> str | None:
                 config = json.load(f)
         except (OSError, json.JSONDecodeError):
             return None
-        if config.get("model_type") == "vit":
+        if config.get("model_type") in SUPPORTED_MODEL_TYPES:
             return "transformers"
         if config.get("model_type") == "hf_vit":
             return "hf_vit"
@@ -91,9 +99,11 @@ def _overrides(args) -> dict:
             raise ValueError(f"--image-size takes one or two values (height width), got {args.image_size}.")
         size = args.image_size
         overrides["image_size"] = size[0] if len(size) == 1 or size[0] == size[1] else list(size)
-    interpolation, align_corners = RESAMPLING[args.resample]
-    overrides["position_embedding_interpolation"] = interpolation
-    overrides["position_embedding_align_corners"] = align_corners
+    if args.resample is not None:
+        interpolation, align_corners, antialias = RESAMPLING[args.resample]
+        overrides["position_embedding_interpolation"] = interpolation
+        overrides["position_embedding_align_corners"] = align_corners
+        overrides["position_embedding_antialias"] = antialias
     if args.num_labels is not None:
         if args.num_labels < 0:
             raise ValueError(f"--num-labels must be >= 0, got {args.num_labels}.")
@@ -257,7 +267,7 @@ def run(args) -> int:
     if source_format is None:
         return _fail(
             f"{args.source} is {describe_file(args.source)}; cannot tell its format. Supported: an .npz (--from npz), "
-            "a timm state dict or folder (--from timm), a transformers 'vit' folder (--from transformers)."
+            "a timm state dict or folder (--from timm), a transformers ViT-family folder (--from transformers)."
         )
     if args.source_format and detected and detected != args.source_format:
         return _fail(

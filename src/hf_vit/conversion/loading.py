@@ -125,8 +125,9 @@ def convert(source, info: dict, rules_for, report: ConversionReport, config=None
             source_image_size=None, keep_pre_logits=False, strict=True, check=None):
     """Shared conversion steps (see the module docstring).
 
-    `info`: what the format module read from the file (`fields`, `patch_positions`, and `token_stride` when a token
-    covers more than a patch of input pixels). `rules_for(config)`: the format's key map for the config that matches
+    `info`: what the format module read from the file (`fields`, `patch_positions`, `token_stride` when a token
+    covers more than a patch of input pixels, and `fresh_keys`: tensors the source's model builds fresh, e.g. MAE's
+    fine-tuning LayerNorm). `rules_for(config)`: the format's key map for the config that matches
     the file. `check(model)`: called on the model exactly as the file describes it, before any adaptation (numerics
     against the source framework). Returns (model, report).
     """
@@ -161,7 +162,7 @@ def convert(source, info: dict, rules_for, report: ConversionReport, config=None
     shapes = expected_shapes(file_config)
     rules = rules_for(ViTConfig(**fields))
     state_dict = apply_rules(rules, source, shapes, report)
-    missing = sorted(set(shapes) - set(state_dict))
+    missing = sorted(set(shapes) - set(state_dict) - set(info.get("fresh_keys", ())))
     if missing:
         raise ConversionError(
             f"{source.path}: the config expects tensors the checkpoint does not have: {missing[:8]}"
@@ -187,17 +188,20 @@ def convert(source, info: dict, rules_for, report: ConversionReport, config=None
     new_grid = tuple(wanted.grid_size)
     if new_grid != tuple(grid) and POSITION_KEY in state_dict:
         state_dict[POSITION_KEY] = resample_position_embeddings(
-            state_dict[POSITION_KEY], grid, new_grid, num_prefix_tokens=wanted.num_prefix_tokens,
+            state_dict[POSITION_KEY], grid, new_grid, num_prefix_tokens=wanted.num_prefix_positions,
             mode=wanted.position_embedding_interpolation, align_corners=wanted.position_embedding_align_corners,
+            antialias=wanted.position_embedding_antialias,
         )
         how = f"{wanted.position_embedding_interpolation}, align_corners={wanted.position_embedding_align_corners}"
+        if wanted.position_embedding_antialias:
+            how += ", antialias"
         report.resampled_position_embeddings = (tuple(grid), new_grid, how)
 
     # Head: another label set gets a new classifier; another representation_size a new pre-logits layer too.
     source_keys = {r.target: r.sources for r in rules}
     dropped = []
     if wanted.num_labels != fields["num_labels"] or wanted.representation_size != fields["representation_size"]:
-        dropped += ["classifier.weight", "classifier.bias"]
+        dropped += ["classifier.weight", "classifier.bias", "distillation_classifier.weight", "distillation_classifier.bias"]
     if wanted.representation_size != fields["representation_size"]:
         dropped += ["vit.pooler.dense.weight", "vit.pooler.dense.bias"]
     for name in dropped:

@@ -18,8 +18,19 @@ padding stem (the one its ViT hybrids use) is read.
 
 timm's ViT uses the exact (erf) GELU and LayerNorm eps 1e-6. Its global average pooling either averages *after* the
 final norm (`fc_norm=False`: the reference's "gap", hf_vit's `pooling="gap"`) or averages first and normalises after
-(`fc_norm`): that second form has no hf_vit counterpart and is refused with an explanation. timm has no tanh
-pre-logits layer, so hf_vit models with `representation_size` do not export to timm.
+(`fc_norm`, MAE's fine-tuning: hf_vit's `layer_norm_after_pooling=True`, `fc_norm.*` <-> `vit.pooler.layernorm.*`).
+timm has no tanh pre-logits layer, so hf_vit models with `representation_size` do not export to timm.
+
+The ViT variants of the self-supervised and distilled families read too:
+
+    dist_token (1, 1, D), head_dist.{weight,bias}   DeiT's distillation token and head (`VisionTransformerDistilled`)
+    reg_token (1, K, D)                             register tokens (DINOv2 with registers: `no_embed_class`, so the
+                                                    class token's position is already in `cls_token`)
+    blocks.{i}.ls1.gamma, blocks.{i}.ls2.gamma      LayerScale (DINOv2, DeiT III)
+    blocks.{i}.mlp.fc1 (2I, D), mlp.fc2 (D, I)      the SwiGLU MLP of DINOv2-g (`SwiGLUPacked`: gate rows first)
+    fc_norm.{weight,bias}                           the LayerNorm after the pooling (MAE's fine-tuning)
+
+timm's DINOv2 state dicts have no mask token (timm drops it); MAE's pre-trained encoders are plain ViTs.
 """
 
 from __future__ import annotations
@@ -96,13 +107,17 @@ def key_map(config, pos_has_prefix_row: bool = True) -> list[Rule]:
         _pair("vit.embeddings.patch_embeddings.projection.weight", "patch_embed.proj.weight"),
         _pair("vit.embeddings.patch_embeddings.projection.bias", "patch_embed.proj.bias"),
     ]
-    if pos_has_prefix_row or config.num_prefix_tokens == 0:
+    if pos_has_prefix_row or config.num_prefix_positions == 0:
         rules.append(_pair("vit.embeddings.position_embeddings", "pos_embed"))
     else:
-        padded = position_embeddings_with_zero_prefix(config.num_prefix_tokens)
+        padded = position_embeddings_with_zero_prefix(config.num_prefix_positions)
         rules.append(rule("vit.embeddings.position_embeddings", "pos_embed", padded))
     if config.use_class_token:
         rules.append(_pair("vit.embeddings.cls_token", "cls_token"))
+    if config.use_distillation_token:
+        rules.append(_pair("vit.embeddings.distillation_token", "dist_token"))
+    if config.num_register_tokens:
+        rules.append(_pair("vit.embeddings.register_tokens", "reg_token"))
     params = ("weight", "bias")
     for i in range(config.num_hidden_layers):
         for ours, theirs in _LAYER_RENAMES:
@@ -110,9 +125,18 @@ def key_map(config, pos_has_prefix_row: bool = True) -> list[Rule]:
                 if ours == "attention.qkv" and param == "bias" and not config.qkv_bias:
                     continue
                 rules.append(_pair(f"vit.encoder.layers.{i}.{ours}.{param}", f"blocks.{i}.{theirs}.{param}"))
-    rules += [_pair("vit.layernorm.weight", "norm.weight"), _pair("vit.layernorm.bias", "norm.bias")]
+        if config.layer_scale_init_value is not None:
+            rules += [
+                _pair(f"vit.encoder.layers.{i}.layer_scale_attention.gamma", f"blocks.{i}.ls1.gamma"),
+                _pair(f"vit.encoder.layers.{i}.layer_scale_mlp.gamma", f"blocks.{i}.ls2.gamma"),
+            ]
+    norm = "vit.pooler.layernorm" if config.layer_norm_after_pooling else "vit.layernorm"
+    their_norm = "fc_norm" if config.layer_norm_after_pooling else "norm"
+    rules += [_pair(f"{norm}.{p}", f"{their_norm}.{p}") for p in params]
     if config.num_labels > 0:
         rules += [_pair("classifier.weight", "head.weight"), _pair("classifier.bias", "head.bias")]
+        if config.use_distillation_head:
+            rules += [_pair(f"distillation_classifier.{p}", f"head_dist.{p}") for p in params]
     return rules
 
 
@@ -138,11 +162,6 @@ def infer(source, num_attention_heads: int | None = None) -> dict:
             f"{source.path}: no patch_embed.proj.weight; this is not a timm VisionTransformer state dict. "
             f"It holds e.g. {sorted(source.keys())[:5]}."
         )
-    if "fc_norm.weight" in source:
-        raise ConversionError(
-            f"{source.path} uses timm's fc_norm (global average pooling *before* a final LayerNorm). hf_vit's 'gap' "
-            "normalises before averaging, as the reference code does; the two are different models."
-        )
     weight = source.shape("patch_embed.proj.weight")  # (D, C, P, P)
     width = weight[0]
     depth = len({int(m[1]) for k in source.keys() if (m := _BLOCK.match(k))})
@@ -153,16 +172,19 @@ def infer(source, num_attention_heads: int | None = None) -> dict:
             "(q, k and v are fused); pass num_attention_heads (CLI: --num-heads)."
         )
     use_class_token = "cls_token" in source
+    fc_norm = "fc_norm.weight" in source  # the LayerNorm after the pooling (timm's default with global_pool="avg")
     global_pool = model_args.get("global_pool", meta.get("global_pool"))
     if global_pool is None:
-        pooling = "cls" if use_class_token else "gap"
+        pooling = "cls" if use_class_token and not fc_norm else "gap"
     elif global_pool in POOLINGS:
         pooling = POOLINGS[global_pool]
     else:
         raise ConversionError(
             f"{source.path}: timm global_pool={global_pool!r} has no hf_vit counterpart (supported: {sorted(POOLINGS)})."
         )
-    act = model_args.get("act_layer", "gelu")
+    fc1, fc2 = source.shape("blocks.0.mlp.fc1.weight"), source.shape("blocks.0.mlp.fc2.weight")
+    gated = fc1[0] == 2 * fc2[1]  # SwiGLUPacked: fc1 holds the gate and the value projections
+    act = model_args.get("act_layer", "silu" if gated else "gelu")
     inverse = {v: k for k, v in ACTIVATIONS.items()}
     if act not in inverse:
         raise ConversionError(f"{source.path}: timm act_layer={act!r} is not supported (allowed: {sorted(inverse)}).")
@@ -172,7 +194,8 @@ def infer(source, num_attention_heads: int | None = None) -> dict:
         "hidden_size": width,
         "num_hidden_layers": depth,
         "num_attention_heads": int(heads),
-        "intermediate_size": source.shape("blocks.0.mlp.fc1.weight")[0],
+        "intermediate_size": fc2[1],
+        "mlp_type": "gated" if gated else "dense",
         "hidden_act": inverse[act],
         "layer_norm_eps": 1e-6,  # timm's LayerNorm
         "qkv_bias": "blocks.0.attn.qkv.bias" in source,
@@ -180,7 +203,14 @@ def infer(source, num_attention_heads: int | None = None) -> dict:
         "use_class_token": use_class_token,
         "representation_size": None,
         "num_labels": source.shape("head.weight")[0] if "head.weight" in source else 0,
+        "layer_norm_after_pooling": fc_norm,
+        "use_distillation_token": "dist_token" in source,
+        "use_distillation_head": "head_dist.weight" in source,
+        "num_register_tokens": source.shape("reg_token")[1] if "reg_token" in source else 0,
     }
+    if "blocks.0.ls1.gamma" in source:
+        # The init value is not in the weights; timm's DINOv2 and DeiT III use 1e-5.
+        fields["layer_scale_init_value"] = float(model_args.get("init_values") or 1e-5)
     token_stride = (weight[2], weight[3])
     if any(k.startswith("patch_embed.backbone.") for k in source.keys()):
         fields.update(_backbone_fields(source))
@@ -189,8 +219,9 @@ def infer(source, num_attention_heads: int | None = None) -> dict:
     label_names = pretrained_cfg.get("label_names")
     if label_names and len(label_names) == fields["num_labels"]:
         fields["id2label"] = {i: str(name) for i, name in enumerate(label_names)}
-    # The resolution the weights were made for: the folder's config, else a square grid.
-    rows, prefix = source.shape("pos_embed")[1], int(use_class_token)
+    # The resolution the weights were made for: the folder's config, else a square grid. Prefix rows: the class and
+    # distillation tokens' (registers never have one in hf_vit).
+    rows, prefix = source.shape("pos_embed")[1], int(use_class_token) + int(fields["use_distillation_token"])
     image_size = model_args.get("img_size")
     if image_size is None and pretrained_cfg.get("input_size"):
         image_size = list(pretrained_cfg["input_size"][-2:])
@@ -200,6 +231,12 @@ def infer(source, num_attention_heads: int | None = None) -> dict:
     else:
         grid = rows - prefix if prefix and math.isqrt(rows - prefix) ** 2 == rows - prefix else rows
     has_prefix_row = prefix > 0 and rows == grid + prefix
+    registers = fields["num_register_tokens"]
+    if registers and rows == grid + prefix + registers:
+        raise ConversionError(
+            f"{source.path}: pos_embed has rows for the {registers} register tokens; hf_vit's registers have no "
+            "position embedding (DINOv2 with registers, timm's `no_embed_class`), so this is another model."
+        )
     if rows != grid + prefix * has_prefix_row:
         raise ConversionError(
             f"{source.path}: pos_embed has {rows} rows, which fits neither {grid} patches nor {grid} + {prefix} "
@@ -240,9 +277,10 @@ def _backbone_fields(source) -> dict:
 # hf_vit -> timm
 
 
-def timm_model_args(config) -> dict:
+def timm_model_args(config, for_export: bool = True) -> dict:
     """`timm.create_model` keyword arguments that build timm's `VisionTransformer` matching `config` (raises
-    `ValueError` naming the field for what timm cannot express)."""
+    `ValueError` naming the field for what timm cannot express). `for_export=False`: also what only a Python call can
+    express (the SwiGLU layer class, registers on a `no_embed_class` table), for building a reference model."""
     if config.is_hybrid:
         if tuple(config.backbone_depths) not in HYBRID_ARCHITECTURES or config.backbone_width_factor != 1:
             raise ValueError(
@@ -269,6 +307,20 @@ def timm_model_args(config) -> dict:
         )
     if config.hidden_act not in ACTIVATIONS:
         raise ValueError(f"`hidden_act` {config.hidden_act!r} has no timm act_layer (allowed: {sorted(ACTIVATIONS)}).")
+    if config.use_distillation_token and config.num_labels > 0 and not config.use_distillation_head:
+        raise ValueError(
+            "`use_distillation_token` without `use_distillation_head`: timm's distilled ViT always has both heads."
+        )
+    if for_export and config.num_register_tokens:
+        raise ValueError(
+            f"`num_register_tokens` is {config.num_register_tokens}: timm's register models fold the class token's "
+            "position embedding into the class token (`no_embed_class`); exporting that is not supported."
+        )
+    if for_export and config.mlp_type == "gated":
+        raise ValueError(
+            "`mlp_type='gated'`: timm builds it from a layer class (`SwiGLUPacked`) that its config.json cannot name; "
+            "not exported."
+        )
     if config.layer_norm_eps != 1e-6:
         raise ValueError(
             f"`layer_norm_eps` is {config.layer_norm_eps}; timm's ViT LayerNorm eps is 1e-6 and timm's config cannot "
@@ -276,7 +328,7 @@ def timm_model_args(config) -> dict:
         )
     height, width = config.image_hw
     patch = config.patch_hw
-    return {
+    args = {
         "img_size": [height, width] if height != width else height,
         "patch_size": list(patch) if patch[0] != patch[1] else patch[0],
         "in_chans": config.num_channels,
@@ -287,16 +339,30 @@ def timm_model_args(config) -> dict:
         "qkv_bias": config.qkv_bias,
         "class_token": config.use_class_token,
         "global_pool": {v: k for k, v in POOLINGS.items()}[config.pooling],
-        "fc_norm": False,
+        "fc_norm": config.layer_norm_after_pooling,
         "act_layer": ACTIVATIONS[config.hidden_act],
         "num_classes": config.num_labels,
     }
+    if config.layer_scale_init_value is not None:
+        args["init_values"] = config.layer_scale_init_value
+    if not for_export:
+        if config.num_register_tokens:
+            args["reg_tokens"] = config.num_register_tokens
+        if config.mlp_type == "gated":
+            from timm.layers import SwiGLUPacked
+            from torch import nn
+
+            # + 0.5: timm takes int(D * mlp_ratio), which must land on 2I exactly.
+            args.update(mlp_layer=SwiGLUPacked, mlp_ratio=(2 * config.intermediate_size + 0.5) / config.hidden_size)
+    return args
 
 
 def timm_architecture(config) -> str:
     """The timm entry point to build `config` with (together with `timm_model_args`)."""
     if config.is_hybrid:
         return HYBRID_ARCHITECTURES[tuple(config.backbone_depths)]
+    if config.use_distillation_token:
+        return "deit_base_distilled_patch16_224"  # VisionTransformerDistilled; the arguments fix the rest
     # NOTE: any registered plain-ViT entry point works; the model arguments fix every architecture choice.
     return "vit_base_patch16_224"
 

@@ -1,8 +1,10 @@
-"""transformers' own ViT ("vit") checkpoints <-> hf_vit, for conversion and export.
+"""transformers' ViT-family checkpoints <-> hf_vit, for conversion and export.
 
 The key map and the config translation live next to the model (`hf_vit/transformers_vit_format.py`, which
 `from_pretrained` uses); this module reuses them and adds what conversion needs: the shared load steps (resolution,
 new head, numerical check against transformers) and the export back to a folder stock transformers loads.
+Read: model_type "vit", "vit_mae", "deit", "dinov2", "dinov2_with_registers" (as `ViTForImageClassification`, see
+`transformers_vit_format`); written: "vit".
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import os
 
 
 from ..transformers_vit_format import (
-    config_from_transformers_vit,
-    state_dict_from_transformers_vit,
+    SUPPORTED_MODEL_TYPES,
+    config_from_transformers,
+    state_dict_from_transformers,
     state_dict_to_transformers_vit,
+    unused_by_config,
 )
 from .keymap import ConversionError, ConversionReport, renames
 from .sources import StateDictSource
@@ -23,7 +27,8 @@ FORMAT = "transformers"
 
 
 def infer(path, allow_pickle: bool = False):
-    """(fields, hf_vit-named source, layout details) of a transformers "vit" folder."""
+    """(fields, hf_vit-named source, layout details) of a transformers ViT-family folder, read as the family's
+    classifier (`ViTForImageClassification`)."""
     from transformers import PreTrainedConfig
 
     if not os.path.isdir(path):
@@ -32,21 +37,27 @@ def infer(path, allow_pickle: bool = False):
         config_dict, _ = PreTrainedConfig.get_config_dict(path)
     except OSError as error:
         raise ConversionError(f"{path}: no readable config.json ({error}).") from None
-    if config_dict.get("model_type") != "vit":
+    model_type = config_dict.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
         raise ConversionError(
-            f"{path}/config.json has model_type {config_dict.get('model_type')!r}; expected transformers' 'vit'."
-            + (" It is already an hf_vit folder." if config_dict.get("model_type") == "hf_vit" else "")
+            f"{path}/config.json has model_type {model_type!r}; expected one of transformers' "
+            f"{list(SUPPORTED_MODEL_TYPES)}." + (" It is already an hf_vit folder." if model_type == "hf_vit" else "")
         )
     raw = StateDictSource(path, allow_pickle=allow_pickle)
     tensors = {k: raw.read(k) for k in raw.keys()}
     try:
-        converted = state_dict_from_transformers_vit(tensors)
+        converted, dropped = state_dict_from_transformers(tensors)
+        fields, notes = config_from_transformers(config_dict, tensors.keys(), task="classification")
     except ValueError as error:
         raise ConversionError(f"{path}: {error}") from None
-    # A bare ViTModel checkpoint has no "vit." prefix: name everything as in ViTForImageClassification.
-    converted = {k if k.startswith(("vit.", "classifier.")) else f"vit.{k}": v for k, v in converted.items()}
-    has_pooler = "vit.pooler.dense.weight" in converted
-    fields = config_from_transformers_vit(config_dict, has_pooler)
+    # A bare model's checkpoint has no "vit." prefix: name everything as in ViTForImageClassification.
+    converted = {
+        k if k.startswith(("vit.", "classifier.", "distillation_classifier.")) else f"vit.{k}": v
+        for k, v in converted.items()
+    }
+    left_out = unused_by_config(fields, converted)
+    for key in left_out:
+        del converted[key]
     for name in ("image_size", "label2id", "id2label", "num_labels", "architectures"):
         fields.pop(name, None)
     num_labels = converted["classifier.weight"].shape[0] if "classifier.weight" in converted else 0
@@ -54,17 +65,23 @@ def infer(path, allow_pickle: bool = False):
     id2label = config_dict.get("id2label")
     if num_labels and id2label and len(id2label) == num_labels:
         fields["id2label"] = {int(k): v for k, v in id2label.items()}
-    rows = converted["vit.embeddings.position_embeddings"].shape[1] - 1
-    info = {"fields": fields, "patch_positions": rows, "source_image_size": config_dict.get("image_size")}
+    prefix_rows = 1 + int(fields.get("use_distillation_token", False))
+    rows = converted["vit.embeddings.position_embeddings"].shape[1] - prefix_rows
+    # Parts the family's classifier builds fresh: MAE's fine-tuning LayerNorm after the pooling.
+    fresh = ["vit.pooler.layernorm.weight", "vit.pooler.layernorm.bias"] if fields.get("layer_norm_after_pooling") else []
+    info = {
+        "fields": fields, "patch_positions": rows, "source_image_size": config_dict.get("image_size"),
+        "model_type": model_type, "notes": notes, "dropped_keys": sorted(dropped) + left_out, "fresh_keys": fresh,
+    }
     return fields, StateDictSource(converted), info
 
 
 def load_transformers(path, config=None, *, allow_pickle=False, source_image_size=None, strict=True, check=False,
                       output_loading_info=False, **config_overrides):
     """
-    Load a transformers "vit" folder as an hf_vit `ViTForImageClassification` (exact GELU and eps 1e-12, as
-    transformers), with the same options as `load_npz` (resolution change, new head); `check` compares with
-    transformers' own model.
+    Load a transformers ViT-family folder (model_type "vit", "vit_mae", "deit", "dinov2", "dinov2_with_registers")
+    as an hf_vit `ViTForImageClassification` (the source's activation and eps), with the same options as `load_npz`
+    (resolution change, new head); `check` compares with transformers' own model.
     """
     from .checks import run_checks, transformers_reference
     from .loading import convert
@@ -72,10 +89,15 @@ def load_transformers(path, config=None, *, allow_pickle=False, source_image_siz
     path = os.fspath(path)
     fields, source, info = infer(path, allow_pickle)
     source.path = path
-    report = ConversionReport(path, FORMAT, "transformers ViT folder")
+    report = ConversionReport(path, FORMAT, f"transformers {info['model_type']} folder")
+    report.dropped_keys.extend(info["dropped_keys"])
+    report.notes.extend(info["notes"])
 
     def check_model(model):
-        run_checks(model, [transformers_reference(path, fields["num_labels"] > 0)], report, path)
+        reference = transformers_reference(
+            path, fields["num_labels"] > 0, compare_tokens=not model.config.layer_norm_after_pooling
+        )
+        run_checks(model, [reference], report, path)
 
     model, report = convert(
         source, info, lambda c: renames((k, k) for k in source.keys()), report, config, config_overrides,
@@ -96,6 +118,17 @@ def transformers_config(config):
         raise ValueError(
             f"`position_embedding_type` {config.position_embedding_type!r}: transformers' ViT has 'learned_1d' only."
         )
+    # The other families' pieces: transformers' "vit" has none of them (hf_vit writes "vit" folders only).
+    unsupported = {
+        "use_distillation_token": False, "num_register_tokens": 0, "layer_scale_init_value": None,
+        "mlp_type": "dense", "layer_norm_after_pooling": False,
+    }
+    for name, plain in unsupported.items():
+        if getattr(config, name) != plain:
+            raise ValueError(
+                f"`{name}` is {getattr(config, name)!r}: transformers' ViT has no such part (it needs {plain!r}); "
+                "keep the model in hf_vit's format."
+            )
     if config.representation_size is not None and config.num_labels > 0:
         raise ValueError(
             f"`representation_size` is {config.representation_size} and `num_labels` {config.num_labels}: transformers' "
