@@ -25,6 +25,9 @@ OPTION_VARIANTS = {
     "pool_ggem": {"pooling": "ggem"},
     "pool_map_sincos_2d": {"pooling": "map", "position_embedding_type": "sincos_2d"},
     "drop_path": {"drop_path_rate": 0.2},
+    "patch_drop_registers_sincos": {"patch_drop_rate": 0.5, "num_register_tokens": 1,
+                                    "position_embedding_type": "sincos_2d"},
+    "patch_drop_gap_learned_2d": {"patch_drop_rate": 0.25, "pooling": "gap", "position_embedding_type": "learned_2d"},
     # The pieces of the checkpoints people fine-tune today (MAE, DeiT, DINOv2); tests/test_pretrained_families.py
     # checks them against transformers' and timm's own models.
     "distillation_head": {"use_distillation_token": True},
@@ -339,3 +342,60 @@ def test_flex_attention_takes_the_relative_bias():
         model.set_attn_implementation("flex_attention")
         got = model(pixel_values).logits
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Token dropping (patch_drop_rate): training drops a random share of each image's patch tokens after the positions
+
+
+def test_drop_patch_tokens_keeps_the_prefix_and_a_random_subset_of_patches():
+    from hf_vit.modeling_hf_vit import drop_patch_tokens
+
+    tokens = torch.arange(2 * 19 * 1, dtype=torch.float32).view(2, 19, 1).expand(2, 19, 4).contiguous()
+    torch.manual_seed(0)
+    kept = drop_patch_tokens(tokens, num_prefix_tokens=3, rate=0.25)  # 16 patches, round(4) dropped
+    assert kept.shape == (2, 3 + 12, 4)
+    assert torch.equal(kept[:, :3], tokens[:, :3])
+    for image in range(2):
+        rows = kept[image, 3:, 0].tolist()
+        patches = tokens[image, 3:, 0].tolist()
+        assert len(set(rows)) == 12 and set(rows) <= set(patches)  # distinct patch tokens of the same image
+    orders = {tuple(drop_patch_tokens(tokens, 3, 0.5)[0, 3:, 0].tolist()) for _ in range(5)}
+    assert len(orders) > 1  # random per call
+    assert drop_patch_tokens(tokens, 3, 0.99).shape[1] == 3 + 1  # at least one patch stays
+
+
+@pytest.mark.parametrize("overrides", [
+    {"position_embedding_type": "learned_1d", "num_register_tokens": 2},
+    {"position_embedding_type": "learned_2d", "pooling": "gap"},
+    {"position_embedding_type": "sincos_2d", "use_distillation_token": True},
+    {"backbone_depths": [1], "backbone_width_factor": 0.25, "backbone_num_groups": 8, "patch_size": 1},
+], ids=["learned_1d_registers", "learned_2d_gap", "sincos_distillation", "hybrid"])
+def test_patch_drop_keeps_positions_and_evaluation_sees_every_token(overrides):
+    config = make_config(patch_drop_rate=0.5, **overrides)
+    model = ViTModel(config)
+    pixel_values = pixel_values_for(config, batch_size=2)
+    prefix, num_patches = config.num_prefix_tokens, config.num_patches
+    model.eval()
+    full = model(pixel_values).last_hidden_state
+    assert full.shape[1] == prefix + num_patches  # evaluation: every token
+    with torch.no_grad():
+        embeddings = model.embeddings(pixel_values)  # the position information is already in
+    model.train()
+    torch.manual_seed(3)
+    dropped = model(pixel_values).last_hidden_state
+    keep = num_patches - round(0.5 * num_patches)
+    assert dropped.shape[1] == prefix + keep
+    # The same draw by hand: the kept patch embeddings, positions included, then the encoder and the final norm.
+    torch.manual_seed(3)
+    order = torch.rand(2, num_patches).argsort(dim=1)[:, :keep]
+    patches = embeddings[:, prefix:].gather(1, order[..., None].expand(-1, -1, embeddings.shape[-1]))
+    expected = model.layernorm(model.encoder(torch.cat([embeddings[:, :prefix], patches], 1)).last_hidden_state)
+    torch.testing.assert_close(dropped, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_patch_drop_is_refused_with_relative_attention():
+    with pytest.raises(ValueError, match="patch_drop_rate.*relative"):
+        make_config(patch_drop_rate=0.5, position_embedding_type="relative")
+    with pytest.raises(ValueError, match="`patch_drop_rate` must be a probability"):
+        make_config(patch_drop_rate=1.0)

@@ -141,6 +141,13 @@ class ViTConfig(BackboneConfigMixin, PreTrainedConfig):
         drop_path_rate (`float`, *optional*, defaults to 0.0):
             Stochastic depth: the rate at which a block's residual branches are dropped per sample, growing linearly
             from 0 at the first block to this value at the last (as timm and DeiT). 0 is the paper.
+        patch_drop_rate (`float`, *optional*, defaults to 0.0):
+            Token dropping in training: the share of the patch tokens removed at random from each image (after the
+            position information is added, so the kept tokens keep their positions; the class, distillation and
+            register tokens are always kept), which both regularises and makes every training step cheaper. 0 (the
+            paper) keeps them all; evaluation always uses every token. Not with `position_embedding_type="relative"`
+            (its attention bias is laid out on the whole grid). `ViTBackbone` (its feature maps need the whole grid)
+            and `ViTForMaskedPatchPrediction` (it predicts at grid positions) ignore it.
         representation_size (`int`, *optional*):
             Width of the tanh "pre-logits" layer of the pre-training head; `None` for the fine-tuning head (a single
             linear layer).
@@ -227,6 +234,7 @@ class ViTConfig(BackboneConfigMixin, PreTrainedConfig):
         position_embedding_align_corners=True,
         gem_p_init=3.0,
         drop_path_rate=0.0,
+        patch_drop_rate=0.0,
         backbone_depths=None,
         backbone_width_factor=1,
         backbone_num_groups=32,
@@ -273,6 +281,7 @@ class ViTConfig(BackboneConfigMixin, PreTrainedConfig):
         self.position_embedding_align_corners = position_embedding_align_corners
         self.gem_p_init = gem_p_init
         self.drop_path_rate = drop_path_rate
+        self.patch_drop_rate = patch_drop_rate
         self.backbone_depths = list(backbone_depths) if isinstance(backbone_depths, (list, tuple)) else backbone_depths
         self.backbone_width_factor = backbone_width_factor
         self.backbone_num_groups = backbone_num_groups
@@ -420,10 +429,16 @@ class ViTConfig(BackboneConfigMixin, PreTrainedConfig):
                     f"`image_size` {side} ({size}) must be divisible by `patch_size` ({patch}); allowed are "
                     f"multiples of {patch}."
                 )
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"):
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate", "patch_drop_rate"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise ValueError(f"`{name}` must be a probability in [0, 1), got {value!r}.")
+        if self.patch_drop_rate and self.position_embedding_type == "relative":
+            raise ValueError(
+                "`patch_drop_rate` removes patch tokens, but `position_embedding_type='relative'` lays its attention "
+                "bias out over the whole token grid, which cannot follow the kept tokens; use another "
+                "position_embedding_type or patch_drop_rate 0."
+            )
         for name in ("layer_norm_eps", "initializer_range"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value <= 0:

@@ -107,6 +107,36 @@ def _lecun_normal_(tensor: torch.Tensor) -> torch.Tensor:
 # Embeddings
 
 
+def random_patch_order(batch: int, num_patches: int, device=None, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """
+    (B, N) patch indices in a random order per image: its first k columns are a uniformly random subset of k patches.
+    Drawn from `noise` (B, N) when given (the argsort of it, the convention of transformers' ViTMAE: equal noise gives
+    an equal order, so a caller can fix the subset), else from torch's global generator.
+    """
+    if noise is None:
+        noise = torch.rand(batch, num_patches, device=device)
+    elif tuple(noise.shape) != (batch, num_patches):
+        raise ValueError(f"`noise` must have shape (batch, patches) = ({batch}, {num_patches}), got {tuple(noise.shape)}.")
+    return noise.argsort(dim=1)
+
+
+def gather_tokens(tokens: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """(B, N, D) tokens at (B, k) indices -> (B, k, D)."""
+    return tokens.gather(1, indices.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+
+
+def drop_patch_tokens(tokens: torch.Tensor, num_prefix_tokens: int, rate: float) -> torch.Tensor:
+    """
+    Token dropping: (B, prefix + N, D) -> (B, prefix + K, D) with K = N - round(rate * N) (at least one) of each
+    image's patch tokens kept at random and the prefix (class, distillation, register tokens) always kept.
+    """
+    prefix, patches = tokens[:, :num_prefix_tokens], tokens[:, num_prefix_tokens:]
+    batch, num_patches = patches.shape[:2]
+    keep = max(1, num_patches - round(rate * num_patches))
+    kept = gather_tokens(patches, random_patch_order(batch, num_patches, tokens.device)[:, :keep])
+    return torch.cat([prefix, kept], dim=1)
+
+
 def sincos_2d_position_embeddings(grid: tuple[int, int], dim: int, temperature: float = 10_000.0) -> torch.Tensor:
     """
     Fixed 2D sin-cos position embeddings, (1, rows * cols, dim), as big_vision's `posemb_sincos_2d` (MoCo v3): per
@@ -1014,6 +1044,8 @@ class ViTModel(ViTPreTrainedModel):
             pixel_values, output_attentions, output_hidden_states, return_dict
         )
         embeddings = self.embeddings(pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding))
+        if self.training and self.config.patch_drop_rate > 0:  # positions are in already; the prefix is kept
+            embeddings = drop_patch_tokens(embeddings, self.config.num_prefix_tokens, self.config.patch_drop_rate)
         class_token_only = (
             pooled_only and self.config.pooling == "cls" and not output_attentions and not output_hidden_states
         )
