@@ -282,3 +282,45 @@ def test_convert_overwrite_replaces_only_what_it_writes(tmp_path, cli):
     assert (out / "notes.txt").read_text() == "mine"  # not the conversion's: left alone
     assert json.loads((out / "config.json").read_text())["model_type"] == "hf_vit"  # the conversion's: replaced
     assert ViTForImageClassification.from_pretrained(out).config.num_labels == 3
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 3-4. Misleading or missing messages, silent wrong input: library calls name the field or file
+
+
+def test_model_folders_that_are_not_complete_say_what_is_wrong(model_dir, tmp_path):
+    import shutil
+
+    no_config = tmp_path / "no-config"
+    no_config.mkdir()
+    shutil.copy(model_dir / "model.safetensors", no_config / "model.safetensors")
+    with pytest.raises(OSError, match="no-config has no config.json"):  # not a 12-layer default around the weights
+        ViTForImageClassification.from_pretrained(no_config)
+    for name, content in (("truncated", (model_dir / "model.safetensors").read_bytes()[:5]), ("garbage", b"x" * 64)):
+        folder = tmp_path / name
+        folder.mkdir()
+        shutil.copy(model_dir / "config.json", folder / "config.json")
+        (folder / "model.safetensors").write_bytes(content)
+        with pytest.raises(OSError, match=rf"{name}/model.safetensors: not readable as safetensors"):
+            ViTForImageClassification.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_attention_heads", 0, "`num_attention_heads` must be a positive integer, got 0"),
+    ("hidden_size", "64", "`hidden_size` must be a positive integer, got '64'"),
+    ("patch_size", 0, "`patch_size` must be a positive integer, got 0"),
+])
+def test_config_errors_name_the_field(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        ViTConfig(**{field: value})
+
+
+def test_inputs_the_model_cannot_take_are_refused_by_name(model_dir):
+    model = ViTForImageClassification.from_pretrained(model_dir).eval()
+    with pytest.raises(ValueError, match="holds no images"):
+        model(torch.zeros(0, 3, 16, 16))
+    with pytest.raises(ValueError, match=r"`pixel_values` are torch.uint8 \(raw pixels\?\).*ViTImageProcessor"):
+        model(torch.full((1, 3, 16, 16), 200, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"\(batch, channels, height, width\) tensor, got \(3, 16, 16\)"):
+        model(torch.zeros(3, 16, 16))
+    assert model(torch.zeros(1, 3, 16, 16)).logits.shape == (1, 3)  # the processor's floats work

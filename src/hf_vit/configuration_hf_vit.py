@@ -301,8 +301,10 @@ class ViTConfig(BackboneConfigMixin, PreTrainedConfig):
         out_features, out_indices = kwargs.pop("out_features", None), kwargs.pop("out_indices", None)
         kwargs.pop("stage_names", None)
         self._out_features, self._out_indices = None, None
-        super().__init__(**kwargs)
+        # Ours first: transformers' own checks (run by PreTrainedConfig.__init__) read derived values such as
+        # `head_dim`, which for a bad field would fail with a ZeroDivisionError or TypeError naming no field.
         self.validate_architecture()
+        super().__init__(**kwargs)
         if out_features is not None or out_indices is not None:
             self.set_output_features_output_indices(out_features=out_features, out_indices=out_indices)
 

@@ -842,6 +842,18 @@ class ViTPreTrainedModel(PreTrainedModel):
         -> (pixel_values, output_attentions, output_hidden_states, return_dict)"""
         if pixel_values is None:
             raise ValueError("`pixel_values` is required (a (batch, channels, height, width) float tensor).")
+        if not torch.is_tensor(pixel_values) or pixel_values.ndim != 4:
+            shape = tuple(pixel_values.shape) if torch.is_tensor(pixel_values) else type(pixel_values).__name__
+            raise ValueError(f"`pixel_values` must be a (batch, channels, height, width) tensor, got {shape}.")
+        if not pixel_values.is_floating_point():
+            # NOTE: refused rather than converted: raw 0-255 pixels need the processor's resize and normalisation
+            # too, and a guess here (x / 255?) would silently differ from what the model was trained on.
+            raise ValueError(
+                f"`pixel_values` are {pixel_values.dtype} (raw pixels?); the model takes the normalised float tensors "
+                "of its image processor: `ViTImageProcessor.from_pretrained(folder)(images, return_tensors='pt')`."
+            )
+        if pixel_values.shape[0] == 0:
+            raise ValueError("`pixel_values` holds no images (a batch of 0); pass at least one.")
         config = self.config
         base = getattr(self, self.base_model_prefix, self)
         weight = base.embeddings.patch_embeddings.projection.weight
@@ -941,16 +953,34 @@ class ViTPreTrainedModel(PreTrainedModel):
             kwargs["output_loading_info"] = True
         model_type = None
         if kwargs.get("config") is None and pretrained_model_name_or_path is not None:
+            folder = os.fspath(pretrained_model_name_or_path)
+            if os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, kwargs.get("subfolder", ""), "config.json")):
+                raise OSError(
+                    f"{folder} has no config.json, so the architecture of its weights is unknown (a default model "
+                    "would be built around them); save models with save_pretrained, which writes config.json next "
+                    "to model.safetensors, or pass `config=`."
+                )
             model_type = checkpoint_model_type(pretrained_model_name_or_path, kwargs)
             check_supported_model_type(model_type, pretrained_model_name_or_path)
-        if model_type in SUPPORTED_MODEL_TYPES:
-            task = "classification" if hasattr(cls, "prepare_for_fine_tuning") else "features"
-            config, state_dict, kwargs = load_transformers_vit(
-                cls.config_class, pretrained_model_name_or_path, kwargs, task=task
-            )
-            result = super().from_pretrained(None, *model_args, config=config, state_dict=state_dict, **kwargs)
-        else:
-            result = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        try:
+            if model_type in SUPPORTED_MODEL_TYPES:
+                task = "classification" if hasattr(cls, "prepare_for_fine_tuning") else "features"
+                config, state_dict, kwargs = load_transformers_vit(
+                    cls.config_class, pretrained_model_name_or_path, kwargs, task=task
+                )
+                result = super().from_pretrained(None, *model_args, config=config, state_dict=state_dict, **kwargs)
+            else:
+                result = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        except Exception as error:
+            if type(error).__name__ != "SafetensorError":  # safetensors' own error names no file
+                raise
+            where = os.fspath(pretrained_model_name_or_path)
+            if os.path.isfile(os.path.join(where, "model.safetensors")):
+                where = os.path.join(where, "model.safetensors")
+            raise OSError(
+                f"{where}: not readable as safetensors ({error}); the file is truncated or corrupt (an interrupted "
+                "download or copy?): save or download the model again."
+            ) from None
         if not transfer:
             return result
         model, info = result
