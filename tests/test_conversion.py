@@ -596,7 +596,8 @@ def test_cli_never_touches_an_existing_output(tmp_path, capsys):
     assert _convert(source, out) == 2
     assert "not empty" in capsys.readouterr().err and os.listdir(out) == ["keep.txt"]
     assert _convert(source, out, "--overwrite") == 0
-    assert "keep.txt" not in os.listdir(out) and (out / "model.safetensors").exists()
+    # --overwrite replaces what the conversion writes and leaves the user's other files alone.
+    assert (out / "keep.txt").read_text() == "mine" and (out / "model.safetensors").exists()
 
 
 def test_cli_failure_while_writing_leaves_nothing(tmp_path, monkeypatch, capsys):
