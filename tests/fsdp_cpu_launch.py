@@ -10,7 +10,7 @@ changes one thing:
 
 1. the accelerate config is read by Accelerate's own launcher code (`_validate_launch_command`,
    `prepare_multi_gpu_env`) and its FSDP_* variables are set, exactly as `accelerate launch` sets them; its mixed
-   precision is left out (the test compares fp32 numbers; the GPU check script runs the config's bf16);
+   precision is left out (the test compares fp32 numbers) unless FSDP_CPU_LAUNCH_MIXED_PRECISION=1;
 2. when `AcceleratorState` is made with that FSDP plugin in a CPU process, it is switched to
    `DistributedType.FSDP` with the plugin, as it would be on a GPU;
 
@@ -36,7 +36,9 @@ def fsdp_environment(config_file: str) -> dict:
     args = launch_command_parser().parse_args(["--config_file", config_file, "recipe.py"])
     _validate_launch_command(args)
     env = prepare_multi_gpu_env(args)
-    return {k: v for k, v in env.items() if k.startswith("FSDP_") or k == "ACCELERATE_USE_FSDP"}
+    keep = ("ACCELERATE_USE_FSDP", "ACCELERATE_MIXED_PRECISION") if os.environ.get(
+        "FSDP_CPU_LAUNCH_MIXED_PRECISION") == "1" else ("ACCELERATE_USE_FSDP",)
+    return {k: v for k, v in env.items() if k.startswith("FSDP_") or k in keep}
 
 
 def take_fsdp_path_on_cpu() -> None:
@@ -61,7 +63,8 @@ def _describe_parameters(model) -> list:
     from torch.distributed.tensor import DTensor
 
     return [
-        {"name": name, "dtensor": isinstance(p, DTensor), "placements": [str(x) for x in getattr(p, "placements", ())],
+        {"name": name, "dtensor": isinstance(p, DTensor),
+         "placements": [f"{type(x).__name__}({getattr(x, 'dim', '')})" for x in getattr(p, "placements", ())],
          "local_shape": list((p.to_local() if isinstance(p, DTensor) else p).shape), "shape": list(p.shape)}
         for name, p in model.named_parameters()
     ]
@@ -86,7 +89,7 @@ def report_sharding(folder: str) -> None:
 
     def prepare_and_report(self, *args, **kwargs):
         result = prepare(self, *args, **kwargs)
-        for obj in result if isinstance(result, tuple) else (result,):
+        for obj in result if isinstance(result, (tuple, list)) else (result,):  # FSDP2 returns a list
             if isinstance(obj, torch.nn.Module):
                 report["model"] = _describe_parameters(obj)
                 write()

@@ -43,6 +43,9 @@ class RunContext:
     augmentation_name: str
     augmentation: BatchAugmentation | None
     task: object = None
+    # The model as written to the run folder (its whole weights; for `after_save`, on the main process). Under FSDP
+    # the trained model holds shards only, and a forward pass of it on one process would wait for the others.
+    saved_model: object = None
 
 
 class Recipe:
@@ -175,6 +178,7 @@ def run_recipe(recipe: Recipe):
     publish_error = None
     if accelerator.is_main_process:
         save_run(train_args.output_dir, model, processor, results, run_args, ema_model=ema_model)
+        run.saved_model = model
         print(f"saved model and processor to {train_args.output_dir}")
         recipe.after_save(run, results)
         publish_error = recipe.publish(run)
@@ -200,6 +204,11 @@ def whole_model(model, state_dict: dict, is_main_process: bool = True):
     with torch.device("meta"):  # no memory for weights that are replaced right away
         whole = model_class(model.config)
     whole.load_state_dict(state_dict, strict=True, assign=True)
+    sources = dict(model.named_buffers())
+    for name, buffer in list(whole.named_buffers()):
+        if buffer.is_meta:  # a non-persistent buffer is not in a state dict; FSDP does not shard buffers
+            module, _, leaf = name.rpartition(".")
+            whole.get_submodule(module)._buffers[leaf] = sources[name].detach().cpu().clone()
     return whole.eval()
 
 
