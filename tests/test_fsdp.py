@@ -130,7 +130,9 @@ def test_fsdp2_in_two_processes_equals_one_process_saves_an_ordinary_folder_and_
 @pytest.mark.recipes
 def test_fsdp2_finetuning_from_a_checkpoint_equals_one_process(tmp_path):
     """The fine-tuning path: the checkpoint is read by the main process only (FSDP's RAM-efficient loading) and
-    broadcast; SGD with layer-wise lr decay, stepped with the per-tensor kernels (fused SGD has no DTensor kernel)."""
+    broadcast; SGD with layer-wise lr decay, stepped with the per-tensor kernels (fused SGD has no DTensor kernel).
+    Without a validation split, few-shot evaluation is the first forward pass after a training step (no evaluation
+    forward before it has gathered the root unit's parameters)."""
     from hf_vit import ViTImageProcessor
     from tests.test_training import tiny_model
 
@@ -142,8 +144,8 @@ def test_fsdp2_finetuning_from_a_checkpoint_equals_one_process(tmp_path):
     config.write_text(
         f"model_name_or_path: {checkpoint}\ndataset: digits\nimage_size: 24\naugmentation: translate\nmax_steps: 8\n"
         "batch_size: 32\nlearning_rate: 0.05\nwarmup_steps: 2\nema_decay: 0.9\nlayer_decay: 0.75\n"
-        "eval_every_steps: 4\nfewshot_every_steps: 2\nfewshot_shots: [1, 5]\nreport_to: none\npredict_examples: 0\n"
-        "max_eval_examples: 101\n"
+        "validation_fraction: 0\nfewshot_every_steps: 2\nfewshot_shots: [1, 5]\nreport_to: none\n"
+        "predict_examples: 0\nmax_eval_examples: 101\n"
     )
     two, one = tmp_path / "fsdp", tmp_path / "one"
     fsdp = _fsdp("finetune.py", config, two)
@@ -155,6 +157,7 @@ def test_fsdp2_finetuning_from_a_checkpoint_equals_one_process(tmp_path):
     problems, largest = check.compare_runs(two, one, weights_atol=1e-6, loss_atol=1e-6)
     assert problems == [], problems
     print(f"\nFSDP2 fine-tuning (2 CPU processes) vs 1 process, largest differences: {largest}")
+    assert "validation/fewshot/5shot_accuracy" in largest  # the few-shot results were compared
     assert json.loads((two / "config.json").read_text())["image_size"] == 24
 
 
