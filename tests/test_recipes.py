@@ -176,26 +176,53 @@ def test_unknown_yaml_key_names_the_key_and_file(tmp_path):
 
 
 @pytest.mark.parametrize("path", sorted((CONFIGS / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
-def test_accelerate_configs_are_valid_for_accelerate(path):
+def test_accelerate_configs_are_valid_for_accelerate(path, monkeypatch):
+    """Each config goes through what `accelerate launch --config_file` does before it starts processes: the config
+    loader, the launcher's checks, the environment it sets; the FSDP / DeepSpeed plugin is then built from that
+    environment as the Accelerator in each process builds it (tests/test_fsdp.py runs the FSDP config on CPU)."""
     from accelerate.commands.config.config_args import load_config_from_file
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
 
     config = load_config_from_file(str(path))  # rejects unknown keys and unknown distributed types
     assert config.num_processes == 8 and config.mixed_precision == "bf16"
     args = launch_command_parser().parse_args(["--config_file", str(path), "recipes/pretrain.py"])
-    _validate_launch_command(args)
+    args, defaults, precision_from_config = _validate_launch_command(args)
     if config.distributed_type == "FSDP":
         import hf_vit.modeling_hf_vit as modeling
-
-        from accelerate.utils.launch import prepare_multi_gpu_env
+        from accelerate.utils import FullyShardedDataParallelPlugin
+        from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
+        from torch.distributed.fsdp import StateDictType
 
         env = prepare_multi_gpu_env(args)
-        assert env["FSDP_VERSION"] == "2"
+        assert env["ACCELERATE_USE_FSDP"] == "true" and env["ACCELERATE_MIXED_PRECISION"] == "bf16"
         for name in env["FSDP_TRANSFORMER_CLS_TO_WRAP"].split(","):
             assert hasattr(modeling, name), f"FSDP wraps {name}, which hf_vit does not define"
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        plugin = FullyShardedDataParallelPlugin()
+        assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True
+        assert plugin.state_dict_type == StateDictType.SHARDED_STATE_DICT and plugin.cpu_ram_efficient_loading
+        # The wrap policy resolves against an hf_vit model and shards exactly its transformer blocks.
+        model = build_model(ModelArguments(variant="Ti/16", image_size=32, patch_size=8, num_hidden_layers=3),
+                            ViTForImageClassification)
+        plugin.set_auto_wrap_policy(model)
+        policy = fsdp2_prepare_auto_wrap_policy(plugin, model)
+        assert [name for name, module in model.named_modules() if policy(module)] == [
+            f"vit.encoder.layers.{i}" for i in range(3)]
     if config.distributed_type == "DEEPSPEED":
-        assert config.deepspeed_config["gradient_clipping"] == 1.0
-        assert config.deepspeed_config["gradient_accumulation_steps"] == 1
+        from accelerate.utils import DeepSpeedPlugin
+
+        args.deepspeed_fields_from_accelerate_config = ",".join(
+            [*defaults.deepspeed_config, *(["mixed_precision"] if precision_from_config else [])])
+        _, env = prepare_deepspeed_cmd_env(args)
+        assert env["ACCELERATE_USE_DEEPSPEED"] == "true" and env["ACCELERATE_MIXED_PRECISION"] == "bf16"
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        plugin = DeepSpeedPlugin()  # the DeepSpeed configuration Accelerate hands to deepspeed.initialize
+        assert plugin.deepspeed_config["zero_optimization"]["stage"] == 2
+        assert plugin.deepspeed_config["gradient_clipping"] == 1.0  # the paper's clip norm (the loop's is bypassed)
+        assert plugin.deepspeed_config["gradient_accumulation_steps"] == 1  # the loop must not accumulate either
 
 
 @pytest.mark.recipes

@@ -8,6 +8,7 @@ the training set (disjoint from the shots) best, and report its accuracy on the 
 model's pooled output (the pre-logits when the model has them), as in the paper.
 """
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -119,6 +120,29 @@ def fewshot_linear_accuracy(
         accuracy = (ridge_predict(test_features, weights, bias) == test_labels).double().mean().item()
         results.append(FewShotResult(shots=k, accuracy=accuracy, l2=l2, holdout_accuracy=held))
     return results
+
+
+@contextlib.contextmanager
+def root_parameters_gathered(model):
+    """
+    For reading features from inside an FSDP2-sharded model (its backbone, not its root forward): the root unit's
+    own parameters (those no inner unit owns: class token, position embeddings, head) are gathered on every process
+    for that time; the inner units (the transformer blocks) gather theirs as the forward reaches them. Every process
+    must run the same forward passes. Use it after the model's first forward pass (FSDP2 finds its root there), as
+    the training loop's evaluators are. Does nothing for a model that is not sharded.
+    """
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch built without distributed support
+        FSDPModule = ()
+    if not isinstance(model, FSDPModule):
+        yield model
+        return
+    model.unshard()
+    try:
+        yield model
+    finally:
+        model.reshard()
 
 
 @torch.no_grad()

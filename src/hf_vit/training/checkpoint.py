@@ -43,6 +43,7 @@ class TrainerState:
     best: dict | None = None  # the best evaluation so far with `keep_best_metric` (see loop.BestCheckpoint)
     num_processes: int = 0  # how the run was laid out (0: not recorded); a resumed run must match
     device_batch: int = 0
+    checkpoint_format: str = ""  # how the model and optimiser were saved (loop.checkpoint_format; "": not recorded)
 
     def save(self, path: str) -> None:
         with open(path, "w") as f:
@@ -183,7 +184,14 @@ def _prune(output_dir: str, keep_last: int, run_id: str, protected: tuple) -> No
             shutil.rmtree(path, ignore_errors=True)
 
 
-def load_checkpoint(accelerator, path: str) -> TrainerState:
-    """Restore Accelerate's state (model, optimiser, RNG, registered objects) and return the loop's state."""
-    accelerator.load_state(path)
+def read_trainer_state(path: str) -> TrainerState:
+    """The loop's state of a checkpoint (step, position, layout), read without loading anything else."""
     return TrainerState.load(os.path.join(path, TRAINER_STATE_NAME))
+
+
+def load_checkpoint(accelerator, path: str) -> TrainerState:
+    """Restore Accelerate's state (model, optimiser, RNG, registered objects) and return the loop's state. Under FSDP
+    the model and optimiser are sharded checkpoints (torch.distributed.checkpoint) that every process reads its
+    shards of."""
+    accelerator.load_state(path)
+    return read_trainer_state(path)

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import DistributedType, fsdp2_prepare_model, set_seed
 from tqdm.auto import tqdm
 
 from ..data import build_eval_loader, build_train_loader, move_to_device
 from ..run_folder import CHECKPOINTS_SUBFOLDER, LOGS_SUBFOLDER, RUN_ARGS_NAME, checkpoint_name, read_json
 from .arguments import check_resume_compatible
-from .checkpoint import TrainerState, claim_output_dir, load_checkpoint, save_checkpoint
+from .checkpoint import TrainerState, claim_output_dir, load_checkpoint, read_trainer_state, save_checkpoint
 from .ema import ModelEMA
 from .optim import build_optimizer, build_schedule
 
@@ -75,16 +75,24 @@ def make_accelerator(args) -> Accelerator:
     )
 
 
+def parameters_are_sharded(accelerator) -> bool:
+    """Whether each process holds only shards of the parameters (FSDP, DeepSpeed ZeRO-3): the whole weights must then
+    be gathered, by every process, before the main process can save them."""
+    kind = accelerator.distributed_type
+    return kind == DistributedType.FSDP or (
+        kind == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3
+    )
+
+
 def _check_distributed_setup(accelerator, args, accumulation) -> None:
     """Combinations the loop cannot honour under a sharding engine, refused before any work is done."""
     kind = accelerator.distributed_type
-    sharded_params = kind == DistributedType.FSDP or (
-        kind == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3
-    )
-    if args.ema_decay > 0 and sharded_params:
+    if args.ema_decay > 0 and parameters_are_sharded(accelerator) and not accelerator.is_fsdp2:
+        engine = "FSDP1" if kind == DistributedType.FSDP else "DeepSpeed ZeRO-3"
         raise ValueError(
-            f"`ema_decay` needs every process to hold whole parameters; under {kind.value} (sharded parameters) the "
-            "average cannot be kept. Use DDP or DeepSpeed ZeRO-1/2 for Polyak averaging, or set ema_decay 0."
+            f"`ema_decay`: under {engine} the parameters are sharded and the average is kept shard by shard only "
+            "with FSDP2 (`fsdp_version: 2` in the accelerate config, as in recipes/configs/accelerate/fsdp_8gpu.yaml). "
+            "Use FSDP2, DDP or DeepSpeed ZeRO-1/2 for Polyak averaging, or set ema_decay 0."
         )
     if kind == DistributedType.DEEPSPEED and accumulation > 1:
         raise ValueError(
@@ -94,18 +102,51 @@ def _check_distributed_setup(accelerator, args, accumulation) -> None:
         )
 
 
-def _check_same_layout(state, num_processes: int, device_batch: int, checkpoint: str) -> None:
+def checkpoint_format(accelerator) -> str:
+    """How `save_state` writes the model and optimiser under this launch: one whole copy (one process, DDP), FSDP's
+    (a torch.distributed.checkpoint folder of shards with SHARDED_STATE_DICT) or DeepSpeed's."""
+    kind = accelerator.distributed_type
+    if kind == DistributedType.FSDP:
+        plugin = accelerator.state.fsdp_plugin
+        return f"FSDP{plugin.fsdp_version} {getattr(plugin.state_dict_type, 'name', plugin.state_dict_type)}"
+    if kind == DistributedType.DEEPSPEED:
+        return f"DeepSpeed ZeRO-{accelerator.state.deepspeed_plugin.zero_stage}"
+    return "whole model (one process or DDP)"
+
+
+def _check_same_layout(state, num_processes: int, device_batch: int, saved_as: str, checkpoint: str) -> None:
     """A checkpoint holds one random state per process, and every step's batches depend on the per-device batch: a
-    run resumed with another layout would not continue the same computation, so it is refused."""
+    run resumed with another layout would not continue the same computation, so it is refused; as is one launched
+    with another engine, which could not read the saved model and optimiser."""
     saved = (state.num_processes, state.device_batch)
     if saved[0] and saved != (num_processes, device_batch):
         raise ValueError(
             f"Cannot resume from {checkpoint}: it was written by {saved[0]} process(es) with per-device batch "
             f"{saved[1]}, this run has {num_processes} with {device_batch}. Resume with the same number of processes "
-            f"(e.g. `torchrun --nproc_per_node {saved[0]} ...`) and max_device_batch_size: each process's random "
-            "state is part of the checkpoint, so another layout would not continue the same run."
+            f"(e.g. `torchrun --nproc_per_node {saved[0]} ...` or `accelerate launch --num_processes {saved[0]} ...`) "
+            "and max_device_batch_size: each process's random state is part of the checkpoint, so another layout "
+            "would not continue the same run."
         )
-    state.num_processes, state.device_batch = num_processes, device_batch
+    if state.checkpoint_format and state.checkpoint_format != saved_as:
+        raise ValueError(
+            f"Cannot resume from {checkpoint}: its model and optimiser were saved as {state.checkpoint_format}, and "
+            f"this run is launched for {saved_as}; resume with the launch (accelerate config) that wrote it."
+        )
+    state.num_processes, state.device_batch, state.checkpoint_format = num_processes, device_batch, saved_as
+
+
+# Fused optimiser kernels that DTensor (FSDP2's sharded parameters) implements: torch registers a sharding strategy
+# for fused Adam / AdamW, not for fused SGD (NotImplementedError at the first step).
+_FUSED_ON_DTENSOR = (torch.optim.Adam, torch.optim.AdamW)
+
+
+def _unfuse_where_dtensor_cannot(optimizer) -> None:
+    """Under FSDP2, step SGD with the per-tensor (foreach) kernels: the same update rule, another rounding."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # Accelerate's AcceleratedOptimizer wraps it
+    if not isinstance(inner, _FUSED_ON_DTENSOR):
+        for group in inner.param_groups:
+            if group.get("fused"):
+                group["fused"] = False
 
 
 def _scalar(value) -> float:
@@ -174,25 +215,38 @@ def train(
     schedule = build_schedule(optimizer, total_steps, warmup, args.lr_decay)
     # NOTE: the schedule is not handed to `prepare`: Accelerate would step it once per process per step (it assumes
     # the schedule was written for one process's share of the data); ours counts optimiser steps.
+    ema = None
+    if args.ema_decay > 0 and accelerator.is_fsdp2:
+        # The average is sharded exactly as the model will be: a copy of the model before `prepare`, given the same
+        # FSDP2 plan (Accelerate's `fully_shard` of the configured units); each process averages its own shards.
+        ema = ModelEMA(task.model, args.ema_decay, args.ema_warmup,
+                       shard=lambda average: fsdp2_prepare_model(accelerator, average))
     task.model, optimizer = accelerator.prepare(task.model, optimizer)
+    if accelerator.is_fsdp2:
+        _unfuse_where_dtensor_cannot(optimizer)
     eval_loader = None
     if eval_dataset is not None:
         eval_loader = accelerator.prepare(build_eval_loader(eval_dataset, task.eval_collator(), args.eval_batch_size))
-    ema = ModelEMA(accelerator.unwrap_model(task.model), args.ema_decay, args.ema_warmup) if args.ema_decay > 0 else None
+    if args.ema_decay > 0 and ema is None:
+        ema = ModelEMA(accelerator.unwrap_model(task.model), args.ema_decay, args.ema_warmup)
     accelerator.register_for_checkpointing(schedule)
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
     if streaming:
         accelerator.register_for_checkpointing(position)
 
-    state = TrainerState(run_id=run_id, num_processes=accelerator.num_processes, device_batch=device_batch)
+    saved_as = checkpoint_format(accelerator)
+    state = TrainerState(run_id=run_id, num_processes=accelerator.num_processes, device_batch=device_batch,
+                         checkpoint_format=saved_as)
     result = TrainResult(global_step=0, train_seconds=0.0, images_per_second=0.0, ema=ema)
     if checkpoint is not None:
         saved_args_path = os.path.join(checkpoint, RUN_ARGS_NAME)
         if run_args is not None and os.path.isfile(saved_args_path):
             check_resume_compatible(read_json(saved_args_path, "run's arguments"), run_args, checkpoint)
-        state = load_checkpoint(accelerator, checkpoint)
-        _check_same_layout(state, accelerator.num_processes, device_batch, checkpoint)
+        state = read_trainer_state(checkpoint)
+        # Before anything is loaded: a checkpoint of another layout may not even load (sharded files, RNG states).
+        _check_same_layout(state, accelerator.num_processes, device_batch, saved_as, checkpoint)
+        load_checkpoint(accelerator, checkpoint)
         state.run_id = run_id
         best.restore(state)
         result.resumed_from = checkpoint

@@ -24,11 +24,11 @@ from ..data import (
     resolve_augmentation,
     training_rows,
 )
-from ..evaluation.fewshot import FewShotEvaluator
+from ..evaluation.fewshot import FewShotEvaluator, root_parameters_gathered
 from ..run_folder import save_run
 from .arguments import resolved_args_dict
 from .checkpoint import claim_output_dir
-from .loop import make_accelerator, train
+from .loop import make_accelerator, parameters_are_sharded, train
 from .models import build_model, build_processor
 
 
@@ -43,6 +43,9 @@ class RunContext:
     augmentation_name: str
     augmentation: BatchAugmentation | None
     task: object = None
+    # The model as written to the run folder (its whole weights; for `after_save`, on the main process). Under FSDP
+    # the trained model holds shards only, and a forward pass of it on one process would wait for the others.
+    saved_model: object = None
 
 
 class Recipe:
@@ -136,7 +139,12 @@ def run_recipe(recipe: Recipe):
         fewshot_test = data.validation if data.validation is not None else data.test
         evaluator = FewShotEvaluator(data.train, fewshot_test, ImageClassificationCollator(processor),
                                      shots=train_args.fewshot_shots, seed=train_args.seed)
-        evaluators.append(lambda model, accelerator=None: evaluator(recipe.fewshot_representation(model), accelerator))
+
+        def fewshot(model, accelerator=None):
+            with root_parameters_gathered(model):  # FSDP2: the features are read from inside the sharded model
+                return evaluator(recipe.fewshot_representation(model), accelerator)
+
+        evaluators.append(fewshot)
     run_args = resolved_args_dict(*recipe.args)
     train_data = training_rows(data, data_args, processor)
     if data_args.cache_decoded_images:
@@ -159,10 +167,18 @@ def run_recipe(recipe: Recipe):
     results.update(recipe.final_metrics(run, result))
     results["total_seconds"] = time.perf_counter() - started
 
+    # Sharded parameters (FSDP, ZeRO-3): every process takes part in gathering the whole weights, the main process
+    # writes them; the run folder is the same ordinary hf_vit folder as after a DDP or one-process run.
+    model = accelerator.unwrap_model(task.model)
+    ema_model = result.ema.model if result.ema is not None else None
+    if parameters_are_sharded(accelerator):
+        model = whole_model(model, accelerator.get_state_dict(task.model), accelerator.is_main_process)
+    if result.ema is not None and result.ema.sharded:
+        ema_model = whole_model(ema_model, result.ema.full_state_dict(), accelerator.is_main_process)
     publish_error = None
     if accelerator.is_main_process:
-        save_run(train_args.output_dir, accelerator.unwrap_model(task.model), processor, results, run_args,
-                 ema_model=result.ema.model if result.ema is not None else None)
+        save_run(train_args.output_dir, model, processor, results, run_args, ema_model=ema_model)
+        run.saved_model = model
         print(f"saved model and processor to {train_args.output_dir}")
         recipe.after_save(run, results)
         publish_error = recipe.publish(run)
@@ -171,6 +187,29 @@ def run_recipe(recipe: Recipe):
     if publish_error is not None:
         raise publish_error
     return recipe.return_value(results, result)
+
+
+def whole_model(model, state_dict: dict, is_main_process: bool = True):
+    """
+    A model of `model`'s own class holding the whole weights `state_dict` (gathered from a sharded model), to be
+    saved like any model; None on the other processes, which got no weights. FSDP2 changes a sharded model's class
+    into a subclass (`FSDPViTForImageClassification`, defined in torch), and `save_pretrained` would copy torch's
+    files as the folder's remote code instead of hf_vit's: the copy has the original class.
+    """
+    if not is_main_process:
+        return None
+    from torch.distributed.fsdp import FSDPModule
+
+    model_class = next(cls for cls in type(model).__mro__ if not issubclass(cls, FSDPModule))
+    with torch.device("meta"):  # no memory for weights that are replaced right away
+        whole = model_class(model.config)
+    whole.load_state_dict(state_dict, strict=True, assign=True)
+    sources = dict(model.named_buffers())
+    for name, buffer in list(whole.named_buffers()):
+        if buffer.is_meta:  # a non-persistent buffer is not in a state dict; FSDP does not shard buffers
+            module, _, leaf = name.rpartition(".")
+            whole.get_submodule(module)._buffers[leaf] = sources[name].detach().cpu().clone()
+    return whole.eval()
 
 
 def describe_hardware(accelerator) -> str:
@@ -199,4 +238,4 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-__all__ = ["Recipe", "RunContext", "cpu_model", "describe_hardware", "run_recipe"]
+__all__ = ["Recipe", "RunContext", "cpu_model", "describe_hardware", "run_recipe", "whole_model"]

@@ -49,8 +49,7 @@ class MaskedPatchRecipe(Recipe):
         if self.mpp_args.mpp_target == "mean_color" and run.data.test is not None and not run.data.streaming:
             examples = [run.data.test[i] for i in range(min(4, len(run.data.test)))]
             try:
-                figure = plot_predictions(run.accelerator.unwrap_model(run.task.model), run.task.eval_collator(),
-                                          examples)
+                figure = plot_predictions(run.saved_model, run.task.eval_collator(), examples)
             except ImportError as error:
                 print(f"no mpp_predictions.png: {error} (install matplotlib, e.g. the [dev] extra)")
             else:
