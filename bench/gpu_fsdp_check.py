@@ -192,7 +192,6 @@ def compare_runs(first, second, weights_atol: float, loss_atol: float, metric_at
     The few-shot regularisation strength picked (`*_l2`) is not compared: two near-equal candidates may swap places;
     the accuracy it gives is compared.
     """
-    import torch
     from safetensors.torch import load_file
 
     problems, largest = [], {}

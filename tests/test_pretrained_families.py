@@ -17,7 +17,7 @@ import torch
 import transformers
 from safetensors.torch import save_file
 
-from hf_vit import ViTConfig, ViTForImageClassification, ViTModel
+from hf_vit import ViTForImageClassification, ViTModel
 from hf_vit.conversion import ConversionError, load_timm, load_transformers
 from hf_vit.transformers_vit_format import SUPPORTED_MODEL_TYPES
 

@@ -350,7 +350,6 @@ def timm_model_args(config, for_export: bool = True) -> dict:
             args["reg_tokens"] = config.num_register_tokens
         if config.mlp_type == "gated":
             from timm.layers import SwiGLUPacked
-            from torch import nn
 
             # + 0.5: timm takes int(D * mlp_ratio), which must land on 2I exactly.
             args.update(mlp_layer=SwiGLUPacked, mlp_ratio=(2 * config.intermediate_size + 0.5) / config.hidden_size)
