@@ -106,9 +106,15 @@ def test_publishing_options_are_declared_once():
 @pytest.fixture(scope="module")
 def installed_wheel(tmp_path_factory):
     """hf_vit built as a wheel and installed, without its dependencies, into a folder of its own."""
+    from importlib.metadata import PackageNotFoundError, version
+
     scratch = tmp_path_factory.mktemp("wheel")
-    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(scratch),
-             str(ROOT)]
+    try:  # the build needs setuptools >= 77 (pyproject's build-system): use the installed one when it is that new
+        isolation = [] if int(version("setuptools").split(".")[0]) >= 77 else ["--use-pep517"]
+    except PackageNotFoundError:
+        isolation = ["--use-pep517"]
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", *(["--no-build-isolation"] if not isolation else []),
+             "-q", "-w", str(scratch), str(ROOT)]
     done = subprocess.run(build, capture_output=True, text=True, cwd=scratch)
     assert done.returncode == 0, done.stderr
     (wheel,) = scratch.glob("hf_vit-*.whl")

@@ -288,10 +288,17 @@ def train(
     while state.global_step < total_steps:
         position.set_epoch(state.epoch, state.step_in_epoch)
         batches = iter(train_loader)
-        epoch_done = False
+        epoch_done, steps_before = False, state.global_step
         while state.global_step < total_steps and not epoch_done:
             micro_batches = [batch for batch in (next(batches, None) for _ in range(accumulation)) if batch is not None]
             if len(micro_batches) < accumulation:  # the data ran out: an incomplete step is never taken
+                if state.global_step == steps_before and state.step_in_epoch == 0:
+                    # A whole epoch without one step would repeat forever (e.g. a stream that yields nothing).
+                    raise ValueError(
+                        f"The training data gave no complete optimiser step in epoch {state.epoch} (a step needs "
+                        f"{accumulation} batch(es) of {device_batch} on each of {accelerator.num_processes} "
+                        "process(es)); check the training split, streaming settings and batch_size."
+                    )
                 state.epoch, state.step_in_epoch = state.epoch + 1, 0
                 break
             for index, batch in enumerate(micro_batches):
