@@ -109,11 +109,11 @@ def installed_wheel(tmp_path_factory):
     from importlib.metadata import PackageNotFoundError, version
 
     scratch = tmp_path_factory.mktemp("wheel")
-    try:  # the build needs setuptools >= 77 (pyproject's build-system): use the installed one when it is that new
-        isolation = [] if int(version("setuptools").split(".")[0]) >= 77 else ["--use-pep517"]
+    try:  # the build needs setuptools >= 77 (pyproject's build-system): use the installed one when it is that new,
+        recent = int(version("setuptools").split(".")[0]) >= 77  # else pip fetches one into an isolated build
     except PackageNotFoundError:
-        isolation = ["--use-pep517"]
-    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", *(["--no-build-isolation"] if not isolation else []),
+        recent = False
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", *(["--no-build-isolation"] if recent else []),
              "-q", "-w", str(scratch), str(ROOT)]
     done = subprocess.run(build, capture_output=True, text=True, cwd=scratch)
     assert done.returncode == 0, done.stderr
