@@ -110,7 +110,7 @@ def main(argv=None) -> int:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return float(loss)
+        return float(loss.detach())
 
     @torch.no_grad()
     def evaluate() -> float:
