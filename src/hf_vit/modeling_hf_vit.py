@@ -2,6 +2,7 @@
 (section 3.1: ResNet features as the tokens, `modeling_resnetv2.py`) and the appendix's position-embedding and pooling
 options (D.3, D.4) in the same classes."""
 
+import functools
 import math
 import os
 import shutil
@@ -317,15 +318,125 @@ def eager_attention_forward(
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax(q k^T * scaling + mask + bias) v with explicit weights. (B, H, n, d) -> (B, n, H, d), (B, H, n, N)."""
-    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    batch, heads, num_queries, head_dim = query.shape
+    length = key.shape[2]
+    # The scaling is applied inside the product (alpha), not as another pass over the (B, H, n, N) scores.
+    scores = torch.baddbmm(
+        query.new_zeros(()),
+        query.reshape(batch * heads, num_queries, head_dim),
+        key.reshape(batch * heads, length, head_dim).transpose(1, 2),
+        beta=0.0,
+        alpha=scaling,
+    ).view(batch, heads, num_queries, length)
     if attention_mask is not None:
         scores = scores + attention_mask
     if position_bias is not None:
         scores = scores + position_bias
-    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    if scores.device.type == "cpu":
+        # NOTE: torch's CPU softmax computes in float32 for bf16 / fp16 input and rounds once at the end, so an explicit
+        # float32 upcast (transformers' eager) gives the same weights up to that rounding, at the cost of two more
+        # passes over the (B, H, n, N) scores: the slowest part of bf16 attention on a CPU.
+        weights = F.softmax(scores, dim=-1)
+    else:
+        weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     dropped = F.dropout(weights, p=dropout, training=module.training)
-    output = torch.matmul(dropped, value).transpose(1, 2).contiguous()
-    return output, weights
+    output = torch.bmm(dropped.reshape(batch * heads, num_queries, length), value.reshape(batch * heads, length, head_dim))
+    return output.view(batch, heads, num_queries, head_dim).transpose(1, 2).contiguous(), weights
+
+
+def uses_matmul_attention(query: torch.Tensor, implementation: str) -> bool:
+    """
+    Whether the "sdpa" backend runs as explicit matmuls (`eager_attention_forward`) for this query: bf16 on a CPU.
+
+    NOTE: torch's fused CPU attention kernel is slower in bf16 than two bf16 batched matmuls around a softmax (the
+    matmuls reach the CPU's bf16 matrix throughput, the fused kernel does not); the results agree up to bf16 rounding
+    (the scores are rounded to bf16 before the softmax). float32 keeps the fused kernel, which is the faster there.
+    """
+    return implementation == "sdpa" and query.dtype == torch.bfloat16 and query.device.type == "cpu"
+
+
+# hidden_act -> oneDNN's GELU algorithm for a GELU fused into the linear layer ("none": exact, erf; "tanh": the tanh
+# approximation, which "gelu_new" computes too).
+ONEDNN_GELU = {"gelu": "none", "gelu_pytorch_tanh": "tanh", "gelu_new": "tanh"}
+
+
+@functools.cache
+def _onednn_bf16_linear_available() -> bool:
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()) and hasattr(
+            torch.ops.mkldnn, "_linear_pointwise"
+        )
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _is_tracing() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    for check in ("is_compiling", "is_exporting"):
+        if compiler is not None and getattr(compiler, check, None) is not None and getattr(compiler, check)():
+            return True
+    return torch.jit.is_tracing()
+
+
+def is_plain_linear(layer: nn.Module) -> bool:
+    """
+    An `nn.Linear` itself, called as written: its `weight` is a tensor that may be sliced and used in place of a call.
+    Not a replacement module (torch's dynamically quantized Linear, whose `weight` is a method; LoRA or 8-bit layers),
+    and no hook or wrapped `forward` (Accelerate's offloading) that a direct use of the weight would skip.
+    """
+    return type(layer) is nn.Linear and not (
+        layer._forward_hooks or layer._forward_pre_hooks or "forward" in layer.__dict__
+    )
+
+
+def fuses_linear(layer: nn.Module, x: torch.Tensor) -> bool:
+    """
+    Whether `linear(layer, x, ...)` calls oneDNN directly: bf16 inference on a CPU with oneDNN's bf16 support, on a
+    plain `nn.Linear` (`is_plain_linear`), outside torch.compile / torch.export / tracing, and with no gradient to
+    record.
+    """
+    return (
+        x.dtype == torch.bfloat16
+        and x.device.type == "cpu"
+        and is_plain_linear(layer)
+        and layer.weight.dtype == torch.bfloat16
+        and not (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad))
+        and _onednn_bf16_linear_available()
+        and not _is_tracing()
+    )
+
+
+def linear(
+    layer: nn.Module, x: torch.Tensor, activation: Callable | None = None, onednn_gelu: str | None = None
+) -> torch.Tensor:
+    """
+    `activation(layer(x))` (or `layer(x)`), (..., in) -> (..., out).
+
+    For bf16 inference on a CPU (`fuses_linear`) it is one oneDNN call with the bias, and the GELU when
+    `onednn_gelu` names its algorithm (`ONEDNN_GELU`), computed on the float32 accumulator before the single rounding
+    to bf16. NOTE: `nn.Linear` on a CPU adds the bias in separate passes over the output (a broadcast copy, then a
+    GEMM that accumulates into it) and the GELU in another; at bf16 matrix speed those passes cost as much as a
+    sixth of the MLP. The results agree up to bf16 rounding. Every other case calls the module as written.
+    """
+    if fuses_linear(layer, x):
+        fused = onednn_gelu is not None and activation is not None
+        out = torch.ops.mkldnn._linear_pointwise(
+            x, layer.weight, layer.bias, "gelu" if fused else "none", [], onednn_gelu if fused else ""
+        )
+        return out if fused or activation is None else activation(out)
+    out = layer(x)
+    return out if activation is None else activation(out)
+
+
+def linear_rows(layer: nn.Module, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """`layer(x)[..., start:stop]`, computing only those output features when the layer is a plain `nn.Linear`."""
+    if not is_plain_linear(layer):
+        return layer(x)[..., start:stop]
+    weight = layer.weight[start:stop]
+    bias = None if layer.bias is None else layer.bias[start:stop]
+    if fuses_linear(layer, x):
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
 
 
 def _relative_index(num_queries: int, num_patches: int, num_prefix_tokens: int, device) -> torch.Tensor:
@@ -430,19 +541,18 @@ class ViTSelfAttention(nn.Module):
         """
         batch, length, _ = hidden_states.shape
         if num_queries is None and query_states is None:
-            qkv = self.qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
+            qkv = linear(self.qkv, hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
             query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, d)
             num_queries = length
         else:
-            # Rows [0, D) of the fused kernel are q, [D, 3D) are k and v: project q for the queries only.
+            # Output features [0, D) of the fused projection are q, [D, 3D) are k and v: q for the queries only.
             width = self.config.hidden_size
-            weight, bias = self.qkv.weight, self.qkv.bias
             source = hidden_states[:, :num_queries] if query_states is None else query_states
             num_queries = source.shape[1]
-            query = F.linear(source, weight[:width], None if bias is None else bias[:width])
-            query = query.view(source.shape[0], num_queries, self.num_heads, self.head_dim).transpose(1, 2)  # (B,H,n,d)
-            kv = F.linear(hidden_states, weight[width:], None if bias is None else bias[width:])
-            key, value = kv.view(batch, length, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            query = linear_rows(self.qkv, source, 0, width)
+            query = query.reshape(source.shape[0], num_queries, self.num_heads, self.head_dim).transpose(1, 2)  # (B,H,n,d)
+            kv = linear_rows(self.qkv, hidden_states, width, 3 * width)
+            key, value = kv.reshape(batch, length, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
             if query.shape[0] != batch:
                 query = query.expand(batch, -1, -1, -1)
 
@@ -457,7 +567,7 @@ class ViTSelfAttention(nn.Module):
                 f"attn_implementation={implementation!r} cannot take (flash attention has no additive bias). Use "
                 "'sdpa' (the default), 'eager' or 'flex_attention', or another `position_embedding_type`."
             )
-        if output_attentions or implementation == "eager":
+        if output_attentions or implementation == "eager" or uses_matmul_attention(query, implementation):
             # Whatever the backend, asking for the weights computes them (transformers' own ViT returns nothing
             # under sdpa); the output is the same attention, computed explicitly.
             attention_interface: Callable = eager_attention_forward
@@ -475,7 +585,7 @@ class ViTSelfAttention(nn.Module):
             is_causal=False,
             **extra,
         )
-        output = self.o_proj(output.reshape(batch, num_queries, -1))  # (B, n, H, d) -> (B, n, D)
+        output = linear(self.o_proj, output.reshape(batch, num_queries, -1))  # (B, n, H, d) -> (B, n, D)
         return output, (weights if output_attentions else None)
 
 
@@ -501,11 +611,13 @@ class ViTMLP(nn.Module):
         super().__init__()
         self.fc1 = _declare_init(nn.Linear(config.hidden_size, config.intermediate_size), "mlp")
         self.activation = ACT2FN[config.hidden_act]
+        self.onednn_gelu = ONEDNN_GELU.get(config.hidden_act)  # the GELU fused into fc1 in bf16 on a CPU (`linear`)
         self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
         self.fc2 = _declare_init(nn.Linear(config.intermediate_size, config.hidden_size), "mlp")
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.dropout(self.activation(self.fc1(hidden_states))))
+        hidden_states = linear(self.fc1, hidden_states, self.activation, self.onednn_gelu)
+        return linear(self.fc2, self.dropout(hidden_states))
 
 
 class DropPath(nn.Module):
