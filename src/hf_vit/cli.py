@@ -11,7 +11,10 @@ import json
 import sys
 
 # Modules that contribute subcommands (each defines `add_subcommand(subparsers)`).
-SUBCOMMAND_MODULES: list[str] = ["hf_vit.analysis.cli", "hf_vit.training.hub_cli", "hf_vit.conversion.cli", "hf_vit.evaluation.cli"]
+SUBCOMMAND_MODULES: list[str] = [
+    "hf_vit.analysis.cli", "hf_vit.training.hub_cli", "hf_vit.conversion.cli", "hf_vit.evaluation.cli",
+    "hf_vit.export.cli",
+]
 
 
 def _predict(args) -> int:
@@ -19,8 +22,17 @@ def _predict(args) -> int:
     from PIL import Image
 
     import hf_vit  # noqa: F401  (registers the Auto classes)
+    from hf_vit.export import load_for_inference
 
-    classifier = transformers.pipeline("image-classification", model=args.model, device="cpu")
+    try:
+        model = load_for_inference(transformers.AutoModelForImageClassification, args.model, args.dtype, args.device)
+        processor = transformers.AutoImageProcessor.from_pretrained(args.model)
+    except (OSError, ValueError) as error:
+        print(f"hf-vit predict: {error}", file=sys.stderr)
+        return 2
+    classifier = transformers.pipeline(
+        "image-classification", model=model, image_processor=processor, device=next(model.parameters()).device
+    )
     for path in args.images:
         try:
             image = Image.open(path)
@@ -61,6 +73,7 @@ def _info(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .export.precision import add_precision_arguments
 
     parser = argparse.ArgumentParser(prog="hf-vit", description="The Vision Transformer, Hugging Face-compatible.")
     parser.add_argument("--version", action="version", version=f"hf-vit {__version__}")
@@ -71,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", help="Image files")
     predict.add_argument("--top-k", type=int, default=5)
     predict.add_argument("--json", action="store_true", help="One JSON line per image")
+    add_precision_arguments(predict)
     predict.set_defaults(run=_predict)
 
     info = commands.add_parser("info", help="Architecture and parameter count of a model folder.")
