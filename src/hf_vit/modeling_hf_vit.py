@@ -406,6 +406,14 @@ def fuses_linear(layer: nn.Module, x: torch.Tensor) -> bool:
     )
 
 
+def _onednn_linear(x, weight, bias, gelu: str | None = None) -> torch.Tensor:
+    # oneDNN reads the bias as a dense vector: a strided one gives wrong sums, so make it dense (a no-op normally).
+    bias = None if bias is None else bias.contiguous()
+    if gelu is None:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], gelu)
+
+
 def linear(
     layer: nn.Module, x: torch.Tensor, activation: Callable | None = None, onednn_gelu: str | None = None
 ) -> torch.Tensor:
@@ -420,9 +428,7 @@ def linear(
     """
     if fuses_linear(layer, x):
         fused = onednn_gelu is not None and activation is not None
-        out = torch.ops.mkldnn._linear_pointwise(
-            x, layer.weight, layer.bias, "gelu" if fused else "none", [], onednn_gelu if fused else ""
-        )
+        out = _onednn_linear(x, layer.weight, layer.bias, onednn_gelu if fused else None)
         return out if fused or activation is None else activation(out)
     out = layer(x)
     return out if activation is None else activation(out)
@@ -435,7 +441,7 @@ def linear_rows(layer: nn.Module, x: torch.Tensor, start: int, stop: int) -> tor
     weight = layer.weight[start:stop]
     bias = None if layer.bias is None else layer.bias[start:stop]
     if fuses_linear(layer, x):
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        return _onednn_linear(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
