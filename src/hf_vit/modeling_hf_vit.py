@@ -320,14 +320,18 @@ def eager_attention_forward(
     """Softmax(q k^T * scaling + mask + bias) v with explicit weights. (B, H, n, d) -> (B, n, H, d), (B, H, n, N)."""
     batch, heads, num_queries, head_dim = query.shape
     length = key.shape[2]
-    # The scaling is applied inside the product (alpha), not as another pass over the (B, H, n, N) scores.
-    scores = torch.baddbmm(
-        query.new_zeros(()),
-        query.reshape(batch * heads, num_queries, head_dim),
-        key.reshape(batch * heads, length, head_dim).transpose(1, 2),
-        beta=0.0,
-        alpha=scaling,
-    ).view(batch, heads, num_queries, length)
+    keys = key.reshape(batch * heads, length, head_dim).transpose(1, 2)  # (B*H, d, N)
+    # The scaling never takes its own pass over the (B, H, n, N) scores: without autograd it rides on the copy that
+    # lays the (strided) queries out as one batch of B*H matrices, with autograd it is the product's alpha.
+    if (torch.is_grad_enabled() and query.requires_grad) or _is_tracing():
+        scores = torch.baddbmm(
+            query.new_zeros(()), query.reshape(batch * heads, num_queries, head_dim), keys, beta=0.0, alpha=scaling
+        )
+    else:
+        queries = torch.empty((batch, heads, num_queries, head_dim), dtype=query.dtype, device=query.device)
+        torch.mul(query, scaling, out=queries)
+        scores = torch.bmm(queries.view(batch * heads, num_queries, head_dim), keys)
+    scores = scores.view(batch, heads, num_queries, length)
     if attention_mask is not None:
         scores = scores + attention_mask
     if position_bias is not None:
@@ -423,8 +427,9 @@ def linear(
     For bf16 inference on a CPU (`fuses_linear`) it is one oneDNN call with the bias, and the GELU when
     `onednn_gelu` names its algorithm (`ONEDNN_GELU`), computed on the float32 accumulator before the single rounding
     to bf16. NOTE: `nn.Linear` on a CPU adds the bias in separate passes over the output (a broadcast copy, then a
-    GEMM that accumulates into it) and the GELU in another; at bf16 matrix speed those passes cost as much as a
-    sixth of the MLP. The results agree up to bf16 rounding. Every other case calls the module as written.
+    GEMM that accumulates into it) and the GELU in another; at bf16 matrix speed those memory-bound passes are a
+    large part of the layer's time (bench/README.md). The results agree up to bf16 rounding. Every other case calls
+    the module as written.
     """
     if fuses_linear(layer, x):
         fused = onednn_gelu is not None and activation is not None
