@@ -16,8 +16,10 @@ Reduced precision (inference only): `--dtype bfloat16` casts every model's weigh
 `from_pretrained(..., dtype=torch.bfloat16)` loads); `--dtype int8` quantizes every model's `nn.Linear` layers with
 torch's dynamic quantization, the same standard call for the three libraries (`quantize_dynamic(model, {nn.Linear},
 dtype=torch.qint8)`); hf_vit's own helper (`hf_vit.export.quantize_dynamic_int8`, per-channel scheme) is an extra
-row. `--matmul-limit` adds the matmul-only limit of hf_vit's GEMMs in the same dtype (`matmul_limit.py`) as a row:
-its ratio is hf_vit's share of that ceiling.
+row; in bf16, hf_vit with its linear weights kept in oneDNN's layout (`hf_vit.export.pack_linear_weights`, what
+`hf-vit predict/evaluate --dtype bfloat16` use) is one. `--matmul-limit` adds the matmul-only limit of hf_vit's GEMMs
+in the same dtype (`matmul_limit.py`) as a row (in bf16 two: torch.mm, and oneDNN on pre-packed weights): its ratio
+is hf_vit's share of that ceiling.
 
 Each round times every implementation once (rotating order); the table reports the median time per implementation
 and the median of the per-round ratios hf_vit / peer (> 1 means hf_vit is faster). Targets are printed, not asserted.
@@ -89,8 +91,10 @@ IMAGE_SIZE = 224
 
 REFERENCE = "hf_vit"  # the implementation every ratio is taken against
 DTYPES = ("float32", "bfloat16", "int8")
-LIMIT = "matmul limit (hf_vit's GEMMs)"
+LIMIT = "matmul limit (hf_vit's GEMMs, torch.mm)"
+PACKED_LIMIT = "matmul limit (hf_vit's GEMMs, oneDNN pre-packed weights)"
 INT8_HELPER = "hf_vit (quantize_dynamic_int8, per_channel)"
+PACKED = "hf_vit (pack_linear_weights)"
 # Minimum speed ratio hf_vit / peer (from the issues), per --dtype; for the limit row the minimum share of it.
 # Printed as PASS/MISS, never asserted.
 TARGETS = {
@@ -113,9 +117,18 @@ def in_dtype(models: dict[str, torch.nn.Module], dtype: str) -> dict[str, torch.
     """The models in the weights' format `dtype` (see the module docstring); int8 adds hf_vit's own helper's row."""
     if dtype == "float32":
         return models
-    if dtype == "bfloat16":
-        return {name: model.to(torch.bfloat16) for name, model in models.items()}
     import copy
+
+    if dtype == "bfloat16":
+        from hf_vit.export import pack_linear_weights
+
+        cast = {}
+        for name, model in models.items():
+            cast[name] = model.to(torch.bfloat16)
+            if name == REFERENCE:
+                cast[PACKED] = copy.deepcopy(cast[name])
+                pack_linear_weights(cast[PACKED])
+        return cast
     import warnings
 
     from hf_vit.export import quantize_dynamic_int8
@@ -269,6 +282,8 @@ def run_models(args, models, modes, timm, results) -> list[list[str]]:
                 from matmul_limit import limit_runner
 
                 runners[LIMIT] = limit_runner(config, batch, getattr(torch, args.dtype))
+                if args.dtype == "bfloat16":
+                    runners[PACKED_LIMIT] = limit_runner(config, batch, torch.bfloat16, packed=True)
             seconds = interleaved_rounds(runners, rounds=args.rounds, iters=args.iters, warmup=args.warmup)
             free_optimizers(runners)
             del runners

@@ -21,6 +21,10 @@ only (`ViTModel(pooled_only=True)`): there, qkv becomes kv (B*T, D) @ (D, 2D) pl
 has one query row and proj / fc1 / fc2 have B rows. `class_token_only=True` gives those shapes (hf_vit's own),
 `False` the full last block (transformers' and timm's).
 
+The products run as torch.mm / torch.bmm, the calls every nn.Linear-based implementation makes. In bf16 a second
+limit uses oneDNN's linear on weights laid out in its blocked format beforehand (what hf_vit does after
+`hf_vit.export.pack_linear_weights`): torch.mm lets oneDNN reorder each weight at every call.
+
     python bench/matmul_limit.py                          # B/16 at 224, batch 8, bf16, hf_vit's and the full shapes
     python bench/matmul_limit.py --dtype float32 --batch 1
     python bench/matmul_limit.py --variant S/16 --rounds 9 --table   # time of every product, per round median
@@ -97,12 +101,18 @@ def vit_gemms(config, batch_size: int, class_token_only: bool = True) -> list[Ge
     return gemms
 
 
-def gemm_runner(gemms: list[Gemm], dtype: torch.dtype, seed: int = 0):
+def _packed_product(a, packed_weight, out=None):
+    return torch.ops.mkldnn._linear_pointwise(a, packed_weight, None, "none", [], "")
+
+
+def gemm_runner(gemms: list[Gemm], dtype: torch.dtype, seed: int = 0, packed: bool = False):
     """A zero-argument callable running every product of `gemms` once, in order, on preallocated operands.
 
     Weights are laid out as nn.Linear keeps them ((n, k), used transposed), activations (m, k); the attention's
     batched products take (batch, m, k) @ (batch, k, n). Outputs are written into preallocated tensors (`out=`), so
-    nothing but the products runs."""
+    nothing but the products runs. With `packed` (bf16), the weight products are oneDNN's linear on weights laid out
+    in its blocked format beforehand (`hf_vit.export.pack_linear_weights`); torch.mm reorders a plain weight at every
+    call."""
     generator = torch.Generator().manual_seed(seed)
 
     def operand(*shape):
@@ -114,6 +124,9 @@ def gemm_runner(gemms: list[Gemm], dtype: torch.dtype, seed: int = 0):
             a, b = operand(gemm.batch, gemm.m, gemm.k), operand(gemm.batch, gemm.k, gemm.n)
             out = torch.empty(gemm.batch, gemm.m, gemm.n, dtype=dtype)
             steps += [(torch.bmm, a, b, out)] * gemm.count
+        elif packed:
+            a, weight = operand(gemm.m, gemm.k), operand(gemm.n, gemm.k)
+            steps += [(_packed_product, a, torch.ops.mkldnn._reorder_linear_weight(weight, gemm.m), None)] * gemm.count
         else:
             a, weight = operand(gemm.m, gemm.k), operand(gemm.n, gemm.k)
             out = torch.empty(gemm.m, gemm.n, dtype=dtype)
@@ -127,9 +140,9 @@ def gemm_runner(gemms: list[Gemm], dtype: torch.dtype, seed: int = 0):
     return run
 
 
-def limit_runner(config, batch_size: int, dtype: torch.dtype, class_token_only: bool = True):
+def limit_runner(config, batch_size: int, dtype: torch.dtype, class_token_only: bool = True, packed: bool = False):
     """The matmul-only limit of one batch as a zero-argument callable (see `gemm_runner`)."""
-    return gemm_runner(vit_gemms(config, batch_size, class_token_only), dtype)
+    return gemm_runner(vit_gemms(config, batch_size, class_token_only), dtype, packed=packed)
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -154,13 +167,18 @@ def main(argv=None):
 
     config = hf_vit.ViTConfig.from_variant(args.variant, image_size=args.image_size, num_labels=args.num_labels)
     dtype = DTYPES[args.dtype]
-    variants = {"hf_vit shapes (class-token-only last block)": True, "full last block (transformers, timm)": False}
-    runners = {name: limit_runner(config, args.batch, dtype, cls_only) for name, cls_only in variants.items()}
+    variants = {
+        "hf_vit shapes (class-token-only last block)": (True, False),
+        "full last block (transformers, timm)": (False, False),
+    }
+    if args.dtype == "bfloat16":
+        variants["hf_vit shapes, oneDNN pre-packed weights"] = (True, True)
+    runners = {name: limit_runner(config, args.batch, dtype, *options) for name, options in variants.items()}
     seconds = interleaved_rounds(runners, rounds=args.rounds, warmup=args.warmup)
     print(f"{args.variant} at {args.image_size}, batch {args.batch}, {args.dtype}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {args.rounds} rounds\n")
     rows = []
-    for name, cls_only in variants.items():
+    for name, (cls_only, _) in variants.items():
         flops = sum(g.flops for g in vit_gemms(config, args.batch, cls_only))
         step = median(seconds[name])
         rows.append([name, f"{flops / 1e9:.1f}", f"{1e3 * step:.1f}", f"{args.batch / step:.2f}", f"{flops / step / 1e9:.0f}"])

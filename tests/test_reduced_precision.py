@@ -183,3 +183,39 @@ def test_quantize_dynamic_int8_refuses_what_it_cannot_quantize():
         quantize_dynamic_int8(model, scheme="per_row")
     with pytest.raises(ValueError, match="starts from float32 weights.*torch.bfloat16"):
         quantize_dynamic_int8(model.to(torch.bfloat16))
+
+
+@needs_onednn_bf16
+def test_packed_weights_follow_the_weights_and_leave_the_model_copyable():
+    # pack_linear_weights: each weight in oneDNN's blocked layout, made at the first call and kept between calls.
+    import gc
+    import pickle
+
+    from hf_vit.modeling_hf_vit import _PACKED_WEIGHTS
+
+    from hf_vit.export import pack_linear_weights
+
+    layer = _layer()
+    x = torch.randn(2, 5, 48).to(torch.bfloat16)
+    before = len(_PACKED_WEIGHTS)
+    with torch.no_grad():
+        plain = linear(layer, x)
+        assert len(_PACKED_WEIGHTS) == before  # opt-in only
+        assert pack_linear_weights(layer) == 1
+        first = linear(layer, x)
+        torch.testing.assert_close(first, plain, rtol=0, atol=0)  # the same sums
+        assert len(_PACKED_WEIGHTS) == before + 1  # laid out once...
+        torch.testing.assert_close(linear(layer, x), first, rtol=0, atol=0)
+        assert len(_PACKED_WEIGHTS) == before + 1  # ...and reused
+        layer.weight.mul_(2)  # an in-place change (an optimiser step, load_state_dict) makes a new layout
+        torch.testing.assert_close(linear(layer, x).float(), _reference(layer, x), rtol=2**-7, atol=BF16_ATOL)
+        layer.to(torch.float32).to(torch.bfloat16)  # new storage
+        torch.testing.assert_close(linear(layer, x).float(), _reference(layer, x), rtol=2**-7, atol=BF16_ATOL)
+    # The layout lives outside the module: copies and pickles see plain tensors only.
+    copied = copy.deepcopy(layer)
+    restored = pickle.loads(pickle.dumps(layer))
+    with torch.no_grad():
+        torch.testing.assert_close(linear(copied, x), linear(restored, x), rtol=0, atol=0)
+    del layer, copied, restored
+    gc.collect()
+    assert len(_PACKED_WEIGHTS) == before  # freed with the weights

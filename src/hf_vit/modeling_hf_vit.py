@@ -6,6 +6,7 @@ import functools
 import math
 import os
 import shutil
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -410,7 +411,42 @@ def fuses_linear(layer: nn.Module, x: torch.Tensor) -> bool:
     )
 
 
-def _onednn_linear(x, weight, bias, gelu: str | None = None) -> torch.Tensor:
+# id(weight) -> ((data_ptr, version, shape), the weight in oneDNN's blocked layout): laid out once, not at every call.
+# An entry lives as long as its weight tensor (a finalizer removes it): one bf16 copy of each linear layer's weight.
+# Not on the tensor itself, so that deepcopy and pickling of the model never meet the opaque oneDNN tensor.
+_PACKED_WEIGHTS: dict[int, tuple] = {}
+
+
+def _packed_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """The weight in oneDNN's blocked layout for bf16 GEMMs of about `rows` rows (cached; see `_onednn_linear`)."""
+    try:
+        key = (weight.data_ptr(), weight._version, tuple(weight.shape))
+    except RuntimeError:  # an inference-mode tensor has no version counter to tell a stale layout from a fresh one
+        return weight
+    entry = _PACKED_WEIGHTS.get(id(weight))
+    if entry is not None and entry[0] == key:
+        return entry[1]
+    with torch.no_grad():
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows)
+    if entry is None:
+        weakref.finalize(weight, _PACKED_WEIGHTS.pop, id(weight), None)
+    _PACKED_WEIGHTS[id(weight)] = (key, packed)
+    return packed
+
+
+def forget_packed_weight(weight: torch.Tensor) -> None:
+    """Drop the cached oneDNN layout of `weight` (the next packed call lays it out again)."""
+    _PACKED_WEIGHTS.pop(id(weight), None)
+
+
+def _onednn_linear(x, weight, bias, gelu: str | None = None, pack: bool = False) -> torch.Tensor:
+    """
+    oneDNN's linear layer: x @ weight^T + bias, then the GELU when `gelu` names its algorithm, rounded once to bf16.
+    With `pack`, the weight is used in oneDNN's blocked layout, made once and cached (`_packed_weight`); with the
+    plain layout oneDNN reorders the weight at every call, a full pass over it. The sums are the same.
+    """
+    if pack:
+        weight = _packed_weight(weight, x.numel() // x.shape[-1])
     # oneDNN reads the bias as a dense vector: a strided one gives wrong sums, so make it dense (a no-op normally).
     bias = None if bias is None else bias.contiguous()
     if gelu is None:
@@ -430,10 +466,15 @@ def linear(
     GEMM that accumulates into it) and the GELU in another; at bf16 matrix speed those memory-bound passes are a
     large part of the layer's time (bench/README.md). The results agree up to bf16 rounding. Every other case calls
     the module as written.
+
+    A layer with `pack_onednn_weight = True` (set by `hf_vit.export.pack_linear_weights`) keeps its weight in
+    oneDNN's blocked layout between calls. NOTE: opt-in, because the cached layout follows the weight through its
+    version counter, which writes through `weight.data` do not move.
     """
     if fuses_linear(layer, x):
         fused = onednn_gelu is not None and activation is not None
-        out = _onednn_linear(x, layer.weight, layer.bias, onednn_gelu if fused else None)
+        pack = getattr(layer, "pack_onednn_weight", False)
+        out = _onednn_linear(x, layer.weight, layer.bias, onednn_gelu if fused else None, pack=pack)
         return out if fused or activation is None else activation(out)
     out = layer(x)
     return out if activation is None else activation(out)
