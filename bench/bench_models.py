@@ -12,6 +12,15 @@ reference numerics (std + 1e-5, eps 1e-6, tanh GELU) are an extra row.
   inference: images/s at batch 8 under torch.inference_mode(), model.eval()
   training:  images/s at batch 16 (8 for the hybrid): forward + cross-entropy + backward + AdamW step + zero_grad
 
+Reduced precision (inference only): `--dtype bfloat16` casts every model's weights and the input to bf16 (what
+`from_pretrained(..., dtype=torch.bfloat16)` loads); `--dtype int8` quantizes every model's `nn.Linear` layers with
+torch's dynamic quantization, the same standard call for the three libraries (`quantize_dynamic(model, {nn.Linear},
+dtype=torch.qint8)`); hf_vit's own helper (`hf_vit.export.quantize_dynamic_int8`, per-channel scheme) is an extra
+row; in bf16, hf_vit with its linear weights kept in oneDNN's layout (`hf_vit.export.pack_linear_weights`, what
+`hf-vit predict/evaluate --dtype bfloat16` use) is one. `--matmul-limit` adds the matmul-only limit of hf_vit's GEMMs
+in the same dtype (`matmul_limit.py`) as a row (in bf16 two: torch.mm, and oneDNN on pre-packed weights): its ratio
+is hf_vit's share of that ceiling.
+
 Each round times every implementation once (rotating order); the table reports the median time per implementation
 and the median of the per-round ratios hf_vit / peer (> 1 means hf_vit is faster). Targets are printed, not asserted.
 
@@ -23,6 +32,8 @@ positions), interleaved with the default; cost = median over rounds of (option t
     python bench/bench_models.py --quick              # smoke run, a few minutes
     python bench/bench_models.py --models R50+B/16 --tables models --rounds 9 --threads 1
     python bench/bench_models.py --tables options --options-model B/16 --json options.json
+    python bench/bench_models.py --tables models --models B/16 --modes infer --dtype bfloat16 --matmul-limit
+    python bench/bench_models.py --tables models --models B/16 --modes infer --dtype int8
 """
 
 import argparse
@@ -79,8 +90,18 @@ NUM_CLASSES = 1000
 IMAGE_SIZE = 224
 
 REFERENCE = "hf_vit"  # the implementation every ratio is taken against
-# Minimum speed ratio hf_vit / peer (from the issue). Printed as PASS/MISS, never asserted.
-TARGETS = {"transformers": 1.05, "timm": 1.00}
+DTYPES = ("float32", "bfloat16", "int8")
+LIMIT = "matmul limit (hf_vit's GEMMs, torch.mm)"
+PACKED_LIMIT = "matmul limit (hf_vit's GEMMs, oneDNN pre-packed weights)"
+INT8_HELPER = "hf_vit (quantize_dynamic_int8, per_channel)"
+PACKED = "hf_vit (pack_linear_weights)"
+# Minimum speed ratio hf_vit / peer (from the issues), per --dtype; for the limit row the minimum share of it.
+# Printed as PASS/MISS, never asserted.
+TARGETS = {
+    "float32": {"transformers": 1.05, "timm": 1.00},
+    "bfloat16": {"transformers": 1.05, "timm": 1.05, LIMIT: 0.85},
+    "int8": {"transformers": 1.00, "timm": 1.00},
+}
 
 
 def timm_or_reason():
@@ -90,6 +111,38 @@ def timm_or_reason():
     except Exception as error:  # timm's import of torchvision fails beside a mismatched torch, not only ImportError
         return None, f"{type(error).__name__}: {error}"
     return timm, None
+
+
+def in_dtype(models: dict[str, torch.nn.Module], dtype: str) -> dict[str, torch.nn.Module]:
+    """The models in the weights' format `dtype` (see the module docstring); int8 adds hf_vit's own helper's row."""
+    if dtype == "float32":
+        return models
+    import copy
+
+    if dtype == "bfloat16":
+        from hf_vit.export import pack_linear_weights
+
+        cast = {}
+        for name, model in models.items():
+            cast[name] = model.to(torch.bfloat16)
+            if name == REFERENCE:
+                cast[PACKED] = copy.deepcopy(cast[name])
+                pack_linear_weights(cast[PACKED])
+        return cast
+    import warnings
+
+    from hf_vit.export import quantize_dynamic_int8
+
+    quantized = {}
+    for name, model in models.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
+            quantized[name] = torch.ao.quantization.quantize_dynamic(
+                model.eval(), {torch.nn.Linear}, dtype=torch.qint8, inplace=False
+            )
+        if name == REFERENCE:
+            quantized[INT8_HELPER] = quantize_dynamic_int8(copy.deepcopy(model), scheme="per_channel")
+    return quantized
 
 
 def build_models(variant: str, timm) -> dict[str, torch.nn.Module]:
@@ -161,12 +214,14 @@ def training_loss(name: str, model, pixel_values, labels) -> torch.Tensor:
     return model(pixel_values=pixel_values, labels=labels).loss
 
 
-def make_runner(name: str, model, mode: str, batch_size: int, bf16: bool = False):
+def make_runner(name: str, model, mode: str, batch_size: int, bf16: bool = False, dtype: str = "float32"):
     """A zero-argument callable doing one inference batch or one training step of `model` (forward under CPU bf16
-    autocast with `bf16`, as Accelerate's `mixed_precision: bf16` runs it)."""
+    autocast with `bf16`, as Accelerate's `mixed_precision: bf16` runs it; the input in bf16 for bf16 weights)."""
     generator = torch.Generator().manual_seed(0)
     pixel_values = torch.randn(batch_size, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
     labels = torch.randint(0, NUM_CLASSES, (batch_size,), generator=generator)
+    if dtype == "bfloat16":
+        pixel_values = pixel_values.to(torch.bfloat16)
 
     if mode == "infer":
         model.eval()
@@ -215,10 +270,20 @@ def run_models(args, models, modes, timm, results) -> list[list[str]]:
             count = sum(p.numel() for p in model.parameters())
             print(f"- {name}: {count:,} ({count - reference_count:+,} vs {REFERENCE}); {describe(name, model)}")
         print(flush=True)
+        config = built[REFERENCE].config
+        built = in_dtype(built, args.dtype)
 
         for mode in modes:
             batch = batch_size_for(args, variant, mode)
-            runners = {name: make_runner(name, model, mode, batch, args.bf16) for name, model in built.items()}
+            runners = {
+                name: make_runner(name, model, mode, batch, args.bf16, args.dtype) for name, model in built.items()
+            }
+            if args.matmul_limit and variant not in HYBRIDS:
+                from matmul_limit import limit_runner
+
+                runners[LIMIT] = limit_runner(config, batch, getattr(torch, args.dtype))
+                if args.dtype == "bfloat16":
+                    runners[PACKED_LIMIT] = limit_runner(config, batch, torch.bfloat16, packed=True)
             seconds = interleaved_rounds(runners, rounds=args.rounds, iters=args.iters, warmup=args.warmup)
             free_optimizers(runners)
             del runners
@@ -226,7 +291,7 @@ def run_models(args, models, modes, timm, results) -> list[list[str]]:
             for name, times in seconds.items():
                 images_per_s = batch / median(times)
                 ratios = None if name == REFERENCE else speed_ratios(seconds[REFERENCE], times)
-                target = TARGETS.get(name)
+                target = TARGETS[args.dtype].get(name)
                 status = "" if target is None else ("PASS" if median(ratios) >= target else "MISS")
                 rows.append(
                     [
@@ -345,6 +410,10 @@ def main(argv=None):
     parser.add_argument("--hybrid-batch", type=int, default=HYBRID_BATCH, help="R50+B/16's batch, both modes")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--bf16", action="store_true", help="forward passes under CPU bf16 autocast (default: fp32)")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32",
+                        help="weights' format, inference only: bf16 weights, or int8 dynamic quantization of the Linears")
+    parser.add_argument("--matmul-limit", action="store_true",
+                        help="add the matmul-only limit of hf_vit's GEMMs in --dtype as a row (float32, bfloat16)")
     parser.add_argument("--no-timm", action="store_true", help="leave timm out even when it imports")
     parser.add_argument(
         "--quick",
@@ -373,6 +442,11 @@ def main(argv=None):
         parser.error("--options-layers must be >= 1")
     if min(args.infer_batch, args.train_batch, args.hybrid_batch) < 1:
         parser.error("batch sizes must be >= 1")
+    if args.dtype != "float32" and (args.bf16 or "train" in modes or "options" in tables):
+        parser.error("--dtype bfloat16 / int8 times inference of the models table only (--tables models --modes "
+                     "infer), without --bf16 autocast")
+    if args.matmul_limit and args.dtype == "int8":
+        parser.error("--matmul-limit: the limit tool runs float32 or bfloat16 GEMMs, not int8")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -386,7 +460,7 @@ def main(argv=None):
     print(
         f"- settings: rounds={args.rounds}, iters/round={args.iters}, warmup={args.warmup}, "
         f"batch infer={args.infer_batch} train={args.train_batch} hybrid={args.hybrid_batch}, "
-        f"image {IMAGE_SIZE}x{IMAGE_SIZE}, {'bf16 autocast' if args.bf16 else 'fp32'}\n",
+        f"image {IMAGE_SIZE}x{IMAGE_SIZE}, {'bf16 autocast' if args.bf16 else args.dtype + ' weights'}\n",
         flush=True,
     )
 
@@ -412,7 +486,9 @@ def main(argv=None):
             f"\nimages/s = batch / median seconds per step over {args.rounds} round(s). time spread = (max - min) / "
             f"median of the rounds' step times. {REFERENCE}/peer = median over rounds of the per-round speed ratio "
             f"(> 1: {REFERENCE} faster); for the tanh-GELU row it compares hf_vit's exact-GELU build with its default, "
-            "for the reference-numerics row hf_vit's timm-numerics hybrid with the package default."
+            "for the reference-numerics row hf_vit's timm-numerics hybrid with the package default"
+            + (f"; for the limit row it is hf_vit's share of the matmul-only limit" if args.matmul_limit else "")
+            + "."
         )
     if option_rows:
         print("\n## Cost of the architecture options (hf_vit, relative to the default)\n")

@@ -20,7 +20,9 @@ from .cli_support import (
 )
 
 # Modules that contribute subcommands (each defines `add_subcommand(subparsers)`).
-SUBCOMMAND_MODULES: list[str] = ["hf_vit.analysis.cli", "hf_vit.hub.cli", "hf_vit.conversion.cli", "hf_vit.evaluation.cli"]
+SUBCOMMAND_MODULES: list[str] = [
+    "hf_vit.analysis.cli", "hf_vit.hub.cli", "hf_vit.conversion.cli", "hf_vit.evaluation.cli", "hf_vit.export.cli",
+]
 
 
 def _predict(args) -> int:
@@ -29,7 +31,14 @@ def _predict(args) -> int:
 
     import hf_vit  # noqa: F401  (registers the Auto classes)
 
-    classifier = transformers.pipeline("image-classification", model=check_model_location(args.model), device="cpu")
+    from .export import load_for_inference
+
+    location = check_model_location(args.model)
+    model = load_for_inference(transformers.AutoModelForImageClassification, location, args.dtype, args.device)
+    processor = transformers.AutoImageProcessor.from_pretrained(location)
+    classifier = transformers.pipeline(
+        "image-classification", model=model, image_processor=processor, device=next(model.parameters()).device
+    )
     failures = 0
     for path in args.images:  # an unreadable image is reported and skipped; the others are still classified
         try:
@@ -85,6 +94,7 @@ def _info(args) -> int:
 
 def build_parser() -> ArgumentParser:
     from . import __version__
+    from .export.precision import add_precision_arguments
 
     parser = ArgumentParser(prog="hf-vit", description="The Vision Transformer, Hugging Face-compatible.",
                             epilog=f"User errors are one line and exit code 2; {DEBUG_FLAG} (anywhere) shows the traceback.")
@@ -96,6 +106,7 @@ def build_parser() -> ArgumentParser:
     predict.add_argument("images", nargs="+", help="Image files")
     predict.add_argument("--top-k", type=int, default=5)
     predict.add_argument("--json", action="store_true", help="One JSON line per image")
+    add_precision_arguments(predict)
     predict.set_defaults(run=_predict)
 
     info = commands.add_parser("info", help="Architecture and parameter count (whole model and encoder) of a model folder.")

@@ -2,9 +2,11 @@
 (section 3.1: ResNet features as the tokens, `modeling_resnetv2.py`) and the appendix's position-embedding and pooling
 options (D.3, D.4) in the same classes."""
 
+import functools
 import math
 import os
 import shutil
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -376,15 +378,176 @@ def eager_attention_forward(
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax(q k^T * scaling + mask + bias) v with explicit weights. (B, H, n, d) -> (B, n, H, d), (B, H, n, N)."""
-    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    batch, heads, num_queries, head_dim = query.shape
+    length = key.shape[2]
+    keys = key.reshape(batch * heads, length, head_dim).transpose(1, 2)  # (B*H, d, N)
+    # The scaling never takes its own pass over the (B, H, n, N) scores: without autograd it rides on the copy that
+    # lays the (strided) queries out as one batch of B*H matrices, with autograd it is the product's alpha.
+    if (torch.is_grad_enabled() and query.requires_grad) or _is_tracing():
+        scores = torch.baddbmm(
+            query.new_zeros(()), query.reshape(batch * heads, num_queries, head_dim), keys, beta=0.0, alpha=scaling
+        )
+    else:
+        queries = torch.empty((batch, heads, num_queries, head_dim), dtype=query.dtype, device=query.device)
+        torch.mul(query, scaling, out=queries)
+        scores = torch.bmm(queries.view(batch * heads, num_queries, head_dim), keys)
+    scores = scores.view(batch, heads, num_queries, length)
     if attention_mask is not None:
         scores = scores + attention_mask
     if position_bias is not None:
         scores = scores + position_bias
-    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    if scores.device.type == "cpu":
+        # NOTE: torch's CPU softmax computes in float32 for bf16 / fp16 input and rounds once at the end, so an explicit
+        # float32 upcast (transformers' eager) gives the same weights up to that rounding, at the cost of two more
+        # passes over the (B, H, n, N) scores: the slowest part of bf16 attention on a CPU.
+        weights = F.softmax(scores, dim=-1)
+    else:
+        weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     dropped = F.dropout(weights, p=dropout, training=module.training)
-    output = torch.matmul(dropped, value).transpose(1, 2).contiguous()
-    return output, weights
+    output = torch.bmm(dropped.reshape(batch * heads, num_queries, length), value.reshape(batch * heads, length, head_dim))
+    return output.view(batch, heads, num_queries, head_dim).transpose(1, 2).contiguous(), weights
+
+
+def uses_matmul_attention(query: torch.Tensor, implementation: str) -> bool:
+    """
+    Whether the "sdpa" backend runs as explicit matmuls (`eager_attention_forward`) for this query: bf16 on a CPU.
+
+    NOTE: torch's fused CPU attention kernel is slower in bf16 than two bf16 batched matmuls around a softmax (the
+    matmuls reach the CPU's bf16 matrix throughput, the fused kernel does not); the results agree up to bf16 rounding
+    (the scores are rounded to bf16 before the softmax). float32 keeps the fused kernel, which is the faster there.
+    """
+    return implementation == "sdpa" and query.dtype == torch.bfloat16 and query.device.type == "cpu"
+
+
+# hidden_act -> oneDNN's GELU algorithm for a GELU fused into the linear layer ("none": exact, erf; "tanh": the tanh
+# approximation, which "gelu_new" computes too).
+ONEDNN_GELU = {"gelu": "none", "gelu_pytorch_tanh": "tanh", "gelu_new": "tanh"}
+
+
+@functools.cache
+def _onednn_bf16_linear_available() -> bool:
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()) and hasattr(
+            torch.ops.mkldnn, "_linear_pointwise"
+        )
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _is_tracing() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    for check in ("is_compiling", "is_exporting"):
+        if compiler is not None and getattr(compiler, check, None) is not None and getattr(compiler, check)():
+            return True
+    return torch.jit.is_tracing()
+
+
+def is_plain_linear(layer: nn.Module) -> bool:
+    """
+    An `nn.Linear` itself, called as written: its `weight` is a tensor that may be sliced and used in place of a call.
+    Not a replacement module (torch's dynamically quantized Linear, whose `weight` is a method; LoRA or 8-bit layers),
+    and no hook or wrapped `forward` (Accelerate's offloading) that a direct use of the weight would skip.
+    """
+    return type(layer) is nn.Linear and not (
+        layer._forward_hooks or layer._forward_pre_hooks or "forward" in layer.__dict__
+    )
+
+
+def fuses_linear(layer: nn.Module, x: torch.Tensor) -> bool:
+    """
+    Whether `linear(layer, x, ...)` calls oneDNN directly: bf16 inference on a CPU with oneDNN's bf16 support, on a
+    plain `nn.Linear` (`is_plain_linear`), outside torch.compile / torch.export / tracing, and with no gradient to
+    record.
+    """
+    return (
+        x.dtype == torch.bfloat16
+        and x.device.type == "cpu"
+        and is_plain_linear(layer)
+        and layer.weight.dtype == torch.bfloat16
+        and not (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad))
+        and _onednn_bf16_linear_available()
+        and not _is_tracing()
+    )
+
+
+# id(weight) -> ((data_ptr, version, shape), the weight in oneDNN's blocked layout): laid out once, not at every call.
+# An entry lives as long as its weight tensor (a finalizer removes it): one bf16 copy of each linear layer's weight.
+# Not on the tensor itself, so that deepcopy and pickling of the model never meet the opaque oneDNN tensor.
+_PACKED_WEIGHTS: dict[int, tuple] = {}
+
+
+def _packed_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """The weight in oneDNN's blocked layout for bf16 GEMMs of about `rows` rows (cached; see `_onednn_linear`)."""
+    try:
+        key = (weight.data_ptr(), weight._version, tuple(weight.shape))
+    except RuntimeError:  # an inference-mode tensor has no version counter to tell a stale layout from a fresh one
+        return weight
+    entry = _PACKED_WEIGHTS.get(id(weight))
+    if entry is not None and entry[0] == key:
+        return entry[1]
+    with torch.no_grad():
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows)
+    if entry is None:
+        weakref.finalize(weight, _PACKED_WEIGHTS.pop, id(weight), None)
+    _PACKED_WEIGHTS[id(weight)] = (key, packed)
+    return packed
+
+
+def forget_packed_weight(weight: torch.Tensor) -> None:
+    """Drop the cached oneDNN layout of `weight` (the next packed call lays it out again)."""
+    _PACKED_WEIGHTS.pop(id(weight), None)
+
+
+def _onednn_linear(x, weight, bias, gelu: str | None = None, pack: bool = False) -> torch.Tensor:
+    """
+    oneDNN's linear layer: x @ weight^T + bias, then the GELU when `gelu` names its algorithm, rounded once to bf16.
+    With `pack`, the weight is used in oneDNN's blocked layout, made once and cached (`_packed_weight`); with the
+    plain layout oneDNN reorders the weight at every call, a full pass over it. The sums are the same.
+    """
+    if pack:
+        weight = _packed_weight(weight, x.numel() // x.shape[-1])
+    # oneDNN reads the bias as a dense vector: a strided one gives wrong sums, so make it dense (a no-op normally).
+    bias = None if bias is None else bias.contiguous()
+    if gelu is None:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], gelu)
+
+
+def linear(
+    layer: nn.Module, x: torch.Tensor, activation: Callable | None = None, onednn_gelu: str | None = None
+) -> torch.Tensor:
+    """
+    `activation(layer(x))` (or `layer(x)`), (..., in) -> (..., out).
+
+    For bf16 inference on a CPU (`fuses_linear`) it is one oneDNN call with the bias, and the GELU when
+    `onednn_gelu` names its algorithm (`ONEDNN_GELU`), computed on the float32 accumulator before the single rounding
+    to bf16. NOTE: `nn.Linear` on a CPU adds the bias in separate passes over the output (a broadcast copy, then a
+    GEMM that accumulates into it) and the GELU in another; at bf16 matrix speed those memory-bound passes are a
+    large part of the layer's time (bench/README.md). The results agree up to bf16 rounding. Every other case calls
+    the module as written.
+
+    A layer with `pack_onednn_weight = True` (set by `hf_vit.export.pack_linear_weights`) keeps its weight in
+    oneDNN's blocked layout between calls. NOTE: opt-in, because the cached layout follows the weight through its
+    version counter, which writes through `weight.data` do not move.
+    """
+    if fuses_linear(layer, x):
+        fused = onednn_gelu is not None and activation is not None
+        pack = getattr(layer, "pack_onednn_weight", False)
+        out = _onednn_linear(x, layer.weight, layer.bias, onednn_gelu if fused else None, pack=pack)
+        return out if fused or activation is None else activation(out)
+    out = layer(x)
+    return out if activation is None else activation(out)
+
+
+def linear_rows(layer: nn.Module, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """`layer(x)[..., start:stop]`, computing only those output features when the layer is a plain `nn.Linear`."""
+    if not is_plain_linear(layer):
+        return layer(x)[..., start:stop]
+    weight = layer.weight[start:stop]
+    bias = None if layer.bias is None else layer.bias[start:stop]
+    if fuses_linear(layer, x):
+        return _onednn_linear(x, weight, bias)
+    return F.linear(x, weight, bias)
 
 
 def _relative_index(num_queries: int, num_patches: int, num_prefix_tokens: int, device) -> torch.Tensor:
@@ -489,19 +652,18 @@ class ViTSelfAttention(nn.Module):
         """
         batch, length, _ = hidden_states.shape
         if num_queries is None and query_states is None:
-            qkv = self.qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
+            qkv = linear(self.qkv, hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
             query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, d)
             num_queries = length
         else:
-            # Rows [0, D) of the fused kernel are q, [D, 3D) are k and v: project q for the queries only.
+            # Output features [0, D) of the fused projection are q, [D, 3D) are k and v: q for the queries only.
             width = self.config.hidden_size
-            weight, bias = self.qkv.weight, self.qkv.bias
             source = hidden_states[:, :num_queries] if query_states is None else query_states
             num_queries = source.shape[1]
-            query = F.linear(source, weight[:width], None if bias is None else bias[:width])
-            query = query.view(source.shape[0], num_queries, self.num_heads, self.head_dim).transpose(1, 2)  # (B,H,n,d)
-            kv = F.linear(hidden_states, weight[width:], None if bias is None else bias[width:])
-            key, value = kv.view(batch, length, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            query = linear_rows(self.qkv, source, 0, width)
+            query = query.reshape(source.shape[0], num_queries, self.num_heads, self.head_dim).transpose(1, 2)  # (B,H,n,d)
+            kv = linear_rows(self.qkv, hidden_states, width, 3 * width)
+            key, value = kv.reshape(batch, length, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
             if query.shape[0] != batch:
                 query = query.expand(batch, -1, -1, -1)
 
@@ -516,7 +678,7 @@ class ViTSelfAttention(nn.Module):
                 f"attn_implementation={implementation!r} cannot take (flash attention has no additive bias). Use "
                 "'sdpa' (the default), 'eager' or 'flex_attention', or another `position_embedding_type`."
             )
-        if output_attentions or implementation == "eager":
+        if output_attentions or implementation == "eager" or uses_matmul_attention(query, implementation):
             # Whatever the backend, asking for the weights computes them (transformers' own ViT returns nothing
             # under sdpa); the output is the same attention, computed explicitly.
             attention_interface: Callable = eager_attention_forward
@@ -534,7 +696,7 @@ class ViTSelfAttention(nn.Module):
             is_causal=False,
             **extra,
         )
-        output = self.o_proj(output.reshape(batch, num_queries, -1))  # (B, n, H, d) -> (B, n, D)
+        output = linear(self.o_proj, output.reshape(batch, num_queries, -1))  # (B, n, H, d) -> (B, n, D)
         return output, (weights if output_attentions else None)
 
 
@@ -569,17 +731,18 @@ class ViTMLP(nn.Module):
         width = 2 * config.intermediate_size if self.gated else config.intermediate_size
         self.fc1 = _declare_init(nn.Linear(config.hidden_size, width), "mlp")
         self.activation = ACT2FN[config.hidden_act]
+        self.onednn_gelu = ONEDNN_GELU.get(config.hidden_act)  # the GELU fused into fc1 in bf16 on a CPU (`linear`)
         self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
         self.fc2 = _declare_init(nn.Linear(config.intermediate_size, config.hidden_size), "mlp")
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden = self.fc1(hidden_states)
         if self.gated:
+            hidden = linear(self.fc1, hidden_states)
             gate, value = hidden.chunk(2, dim=-1)  # (B, N, I) each
             hidden = self.activation(gate) * value
         else:
-            hidden = self.activation(hidden)
-        return self.fc2(self.dropout(hidden))
+            hidden = linear(self.fc1, hidden_states, self.activation, self.onednn_gelu)
+        return linear(self.fc2, self.dropout(hidden))
 
 
 class ViTLayerScale(nn.Module):

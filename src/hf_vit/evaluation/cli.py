@@ -4,6 +4,7 @@ saved model on any data source the recipes take (ViT paper, section 4.1)."""
 import json
 import sys
 
+from ..export.precision import add_precision_arguments
 from .tta import TEST_TIME_AUGMENTATIONS
 
 
@@ -39,6 +40,7 @@ def add_subcommand(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="Seed of the few-shot draws")
     parser.add_argument("--on-bad-image", choices=["skip", "fail"], default="skip")
     parser.add_argument("--json", action="store_true", help="Print one JSON object instead of text")
+    add_precision_arguments(parser)
     parser.set_defaults(run=_run)
 
 
@@ -47,6 +49,7 @@ def _run(args) -> int:
     from torch.utils.data import DataLoader
 
     from ..data import DataArguments, ImageClassificationCollator, load_image_classification_data
+    from ..export import load_for_inference
     from ..image_processing_hf_vit import ViTImageProcessor
     from ..modeling_hf_vit import ViTForImageClassification
 
@@ -62,7 +65,7 @@ def _run(args) -> int:
     )
     try:
         data = load_image_classification_data(data_args)
-        model = ViTForImageClassification.from_pretrained(args.model).eval()
+        model = load_for_inference(ViTForImageClassification, args.model, args.dtype, args.device)
     except (OSError, ValueError) as error:
         print(f"hf-vit evaluate: {error}", file=sys.stderr)
         return 2
@@ -73,10 +76,12 @@ def _run(args) -> int:
         processor = ViTImageProcessor.from_pretrained(args.model)
     except (OSError, ValueError):
         processor = ViTImageProcessor()
+    device = next(model.parameters()).device
     height, width = model.config.image_hw
     processor.size = {"height": height, "width": width}
     collate = ImageClassificationCollator(processor)
-    report = {"model": args.model, "dataset": data.name, "num_examples": len(data.test), "label_names": data.label_names}
+    report = {"model": args.model, "dataset": data.name, "num_examples": len(data.test), "label_names": data.label_names,
+              "dtype": args.dtype, "device": str(device)}
 
     if not args.fewshot_only:
         if model.config.num_labels != data.num_labels:
@@ -91,7 +96,8 @@ def _run(args) -> int:
         metrics = StreamingClassificationMetrics(model.config.num_labels, with_confusion_matrix=True)
         with torch.no_grad():
             for batch in DataLoader(data.test, batch_size=args.batch_size, collate_fn=collate, num_workers=args.num_workers):
-                metrics.update(**metrics.per_example(classify(model, batch["pixel_values"], args.tta), batch["labels"]))
+                logits = classify(model, batch["pixel_values"].to(device), args.tta).cpu()
+                metrics.update(**metrics.per_example(logits, batch["labels"]))
         report["test"] = metrics.compute()
         report["test_time_augmentation"] = args.tta
     if args.fewshot or args.fewshot_only:
@@ -106,7 +112,7 @@ def _run(args) -> int:
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"{args.model} on {data.name} ({len(data.test)} examples)")
+    print(f"{args.model} on {data.name} ({len(data.test)} examples; {args.dtype} on {device})")
     if "test" in report:
         test = report["test"]
         views = "" if args.tta == "none" else f"   ({args.tta} test-time augmentation)"
