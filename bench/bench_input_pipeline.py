@@ -15,6 +15,10 @@ are timed in interleaved rounds (rotating order; each round starts a fresh itera
 worker start-up), and the ratio hf_vit / peer is taken per round. Target: hf_vit >= 1.5x timm's images/s in every
 setting.
 
+Besides images/s, each pipeline's CPU time per image (this process and its DataLoader workers, over the timed
+batches) is reported: on a machine shared with other jobs it varies far less than the wall time, and on an idle
+machine images/s with all cores busy is about (cores / CPU time per image).
+
     python bench/make_photo_folder.py /tmp/photos
     python bench/bench_input_pipeline.py /tmp/photos --rounds 5
 """
@@ -34,6 +38,8 @@ from common import environment, markdown_table, median  # noqa: E402
 
 MEAN = STD = (0.5, 0.5, 0.5)  # hf_vit's processor default (the paper's [-1, 1]); given to every pipeline
 SCALE, RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
+HEADERS = ["size", "workers", "pipeline", "images/s (median)", "/ timm (median, min-max)", "CPU ms / image",
+           "timm CPU / CPU", "target", "result"]
 
 
 def hf_vit_pipeline(root, size, workers, batch_size, seed, reduced_jpeg_decoding=False):
@@ -44,13 +50,13 @@ def hf_vit_pipeline(root, size, workers, batch_size, seed, reduced_jpeg_decoding
     )
     from hf_vit.training import ClassificationRecipe, ModelArguments, TrainArguments
 
-    data_args = DataArguments(dataset=root, validation_fraction=0.0, num_workers=workers)
+    data_args = DataArguments(dataset=root, validation_fraction=0.0, num_workers=workers, crop_scale=list(SCALE),
+                              crop_ratio=list(RATIO), reduced_jpeg_decoding=reduced_jpeg_decoding)
     data = load_image_classification_data(data_args)
     processor = ViTImageProcessor(size=size, image_mean=list(MEAN), image_std=list(STD))
     recipe = ClassificationRecipe(ModelArguments(), data_args, TrainArguments(output_dir="unused"))
     _, augmentation = recipe.build_augmentation(data, processor)
-    collate = ImageClassificationCollator(processor, augmentation, data.num_labels,
-                                          reduced_jpeg_decoding=reduced_jpeg_decoding)
+    collate = ImageClassificationCollator(processor, augmentation, data.num_labels)  # = ClassificationTask's
     loader, sampler = build_train_loader(training_rows(data, data_args, processor), collate, batch_size, seed, 1, 0, 1,
                                          num_workers=workers)
     return loader, sampler.set_epoch, len(data.train)
@@ -119,6 +125,22 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of a running process (Linux /proc), or NaN."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pipeline_cpu_seconds(batches) -> float:
+    """CPU seconds so far of this process and of the iterator's DataLoader workers."""
+    workers = getattr(batches, "_workers", [])
+    return time.process_time() + sum(process_cpu_seconds(worker.pid) for worker in workers)
+
+
 def own_cpu_seconds() -> float:
     """CPU seconds of this process and its finished children (the DataLoader workers of earlier iterators)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -137,8 +159,12 @@ def main(argv=None) -> int:
     parser.add_argument("--reduced-jpeg-decoding", action="store_true",
                         help="Also time hf_vit with reduced_jpeg_decoding=True (JPEGs decoded at 1/2-1/8 scale when "
                              "the crop allows)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of the main process (default: torch's); DataLoader workers use 1")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     builders = {
         "hf_vit": hf_vit_pipeline,
@@ -164,6 +190,7 @@ def main(argv=None) -> int:
                 if args.skip + args.batches > len(loader):
                     parser.error(f"--skip + --batches exceed the {len(loader)} batches of one epoch")
             speeds = {name: [] for name in pipelines}
+            cpu = {name: [] for name in pipelines}  # CPU seconds per image (main process + workers)
             names = list(pipelines)
             for round_index in range(args.rounds):
                 shift = round_index % len(names)
@@ -174,10 +201,11 @@ def main(argv=None) -> int:
                     batches = iter(loader)
                     for _ in range(args.skip):
                         next(batches)
-                    start = time.perf_counter()
+                    start, cpu_start = time.perf_counter(), pipeline_cpu_seconds(batches)
                     for _ in range(args.batches):
                         pixel_values = _pixel_values(next(batches))
                     seconds = time.perf_counter() - start
+                    cpu[name].append((pipeline_cpu_seconds(batches) - cpu_start) / (args.batches * args.batch_size))
                     del batches  # stops this pipeline's workers before the next one is timed
                     expected = (args.batch_size, 3, size, size)
                     if tuple(pixel_values.shape) != expected or pixel_values.dtype != torch.float32:
@@ -190,18 +218,19 @@ def main(argv=None) -> int:
                 against_timm = [own / peer for own, peer in zip(speeds[name], speeds["timm"])]
                 cell = (f"{median(against_timm):.2f}x ({min(against_timm):.2f}-{max(against_timm):.2f})"
                         if name != "timm" else "-")
+                cpu_ratio = median(cpu["timm"]) / median(cpu[name])
                 target = result = ""
                 if name == "hf_vit":
                     target, result = ">= 1.5x", "PASS" if median(ratios) >= 1.5 else "MISS"
-                rows.append([size, workers, name, f"{median(speeds[name]):.0f}", cell, target, result])
-            print(markdown_table(["size", "workers", "pipeline", "images/s (median)", "/ timm (median, min-max)",
-                                  "target", "result"], rows[-len(names):]), flush=True)
+                rows.append([size, workers, name, f"{median(speeds[name]):.0f}", cell,
+                             f"{median(cpu[name]) * 1e3:.2f}", f"{cpu_ratio:.2f}x" if name != "timm" else "-",
+                             target, result])
+            print(markdown_table(HEADERS, rows[-len(names):]), flush=True)
 
     wall = time.perf_counter() - wall_start
     others = (machine_busy_seconds() - busy_start) - (own_cpu_seconds() - own_start)
     print()
-    print(markdown_table(["size", "workers", "pipeline", "images/s (median)", "/ timm (median, min-max)", "target",
-                          "result"], rows))
+    print(markdown_table(HEADERS, rows))
     print(f"\nload average (1 min): {load_start[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at the end; other "
           f"processes kept {others / wall:.2f} of the {os.cpu_count()} cores busy on average during the "
           f"{wall:.0f} s run; batch {args.batch_size}, {args.rounds} rounds of {args.batches} batches")

@@ -207,26 +207,23 @@ def test_crops_are_the_same_with_any_threads_workers_or_decoded_cache(tmp_path):
 def test_reduced_jpeg_decoding_is_close_and_decodes_smaller(monkeypatch):
     from sklearn.datasets import load_sample_images
 
-    from hf_vit.image_processing_hf_vit import HfViTImageProcessor
-
     photo = _jpeg(load_sample_images().images[0][:400, :400], quality=90)
     processor = ViTImageProcessor(size=64)
     whole = inception(crop_scale=(0.9, 1.0))
     draws = whole.draw_crops(4, torch.Generator().manual_seed(0))
-    decoded_sizes = []
-    decode = HfViTImageProcessor._decode
+    decoded_widths = []
+    crop = Image.Image.crop
 
-    def spy(image, index, convert_rgb, input_data_format):
-        data, layout = decode(image, index, convert_rgb, input_data_format)
-        decoded_sizes.append(data.shape[:2])
-        return data, layout
+    def spy(image, box=None):
+        decoded_widths.append(image.size[0])
+        return crop(image, box)
 
-    monkeypatch.setattr(HfViTImageProcessor, "_decode", staticmethod(spy))
+    monkeypatch.setattr(Image.Image, "crop", spy)
     full = crop_resize_batch([photo] * 4, processor, whole, draws, num_threads=1)
-    assert decoded_sizes == [(400, 400)] * 4
-    decoded_sizes.clear()
+    assert decoded_widths == [400] * 4
+    decoded_widths.clear()
     reduced = crop_resize_batch([photo] * 4, processor, whole, draws, num_threads=1, reduced_jpeg_decoding=True)
-    assert decoded_sizes == [(100, 100)] * 4  # boxes of 300-400 pixels for 64: 1/4 scale (1/8 would not fit)
+    assert decoded_widths == [100] * 4  # boxes of 300-400 pixels for 64: 1/4 scale (1/8 would not fit)
     # Another low-pass before the resize (libjpeg's scaled IDCT) and box edges on the reduced grid: a difference of
     # a level or two on average on this photo (the full decode differs from PIL's own crop-and-resize by 0.04).
     levels = (reduced - full).abs() * 127.5  # in 8-bit levels

@@ -306,10 +306,13 @@ class BatchAugmentation:
     Args:
         crop_scale, crop_ratio: the random resized crop's area share and aspect ratio (width / height) ranges
             (the paper's and torchvision's defaults: 8-100% of the area, 3/4-4/3).
+        reduced_jpeg_decoding: let the crop decode a JPEG at a reduced DCT scale where its box allows
+            (`hf_vit.data.decoding.crop_resize_batch`).
     """
 
     def __init__(self, name: str, image_mean, image_std, randaugment_num_ops: int = 0, randaugment_magnitude: float = 9,
-                 max_shift: float = 0.125, crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3)):
+                 max_shift: float = 0.125, crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3),
+                 reduced_jpeg_decoding: bool = False):
         if name not in AUGMENTATIONS:
             raise ValueError(f"`augmentation` must be one of {list(AUGMENTATIONS)}, got {name!r}.")
         if randaugment_num_ops < 0:
@@ -324,6 +327,7 @@ class BatchAugmentation:
         self.randaugment_num_ops, self.randaugment_magnitude = randaugment_num_ops, randaugment_magnitude
         self.crop_scale = check_crop_range(crop_scale, "crop_scale", upper=1.0)
         self.crop_ratio = check_crop_range(crop_ratio, "crop_ratio", upper=None)
+        self.reduced_jpeg_decoding = bool(reduced_jpeg_decoding)
         # The value black (pixel 0) has after the processor's normalisation: what pad-and-crop fills with.
         self.black = -float(self.image_mean[0]) / float(self.image_std[0])
 

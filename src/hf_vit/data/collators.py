@@ -90,7 +90,7 @@ def undecoded_images(dataset):
 
 
 def augmented_pixel_values(images, image_processor, augmentation=None, generator=None, num_threads=None,
-                           reduced_jpeg_decoding: bool = False) -> torch.Tensor:
+                           reduced_jpeg_decoding: bool | None = None) -> torch.Tensor:
     """
     A training batch's `pixel_values` (B, C, H, W): with an augmentation that crops (`crops_decoded_images`, the
     random resized crop), each crop cut from the decoded image and resized once (`hf_vit.data.decoding`), then the
@@ -117,12 +117,11 @@ class ImageClassificationCollator:
 
     Args:
         num_threads: images of a batch decoded at once (None: the CPUs per worker process).
-        reduced_jpeg_decoding: see `hf_vit.data.decoding.crop_resize_batch` (off: the crops' pixels are
-            torchvision's).
+        reduced_jpeg_decoding: see `hf_vit.data.decoding.crop_resize_batch` (None: the augmentation's setting).
     """
 
     def __init__(self, image_processor, augmentation=None, num_classes=None, mixup_alpha=0.0, cutmix_alpha=0.0,
-                 num_threads=None, reduced_jpeg_decoding: bool = False):
+                 num_threads=None, reduced_jpeg_decoding: bool | None = None):
         if (mixup_alpha > 0 or cutmix_alpha > 0) and not num_classes:
             raise ValueError("mixup / cutmix need `num_classes`.")
         if mixup_alpha < 0 or cutmix_alpha < 0:

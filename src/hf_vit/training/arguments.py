@@ -134,7 +134,7 @@ class FinetuneTrainArguments(TrainArguments):
 # Arguments that do not change what is computed: they may differ between a run and its resumption.
 BOOKKEEPING_FIELDS = frozenset({
     "output_dir", "resume", "report_to", "log_every_steps", "save_every_steps", "save_total_limit", "num_workers",
-    "cache_decoded_images",
+    "cache_decoded_images", "pin_memory",
     "predict_examples", "eval_batch_size", "attn_implementation",
     "push_to_hub", *(f.name for f in dataclasses.fields(prefixed_options("hub_"))),
 })
