@@ -160,6 +160,43 @@ def test_crops_follow_the_processors_size_centre_crop_and_channels():
         augmented_pixel_values([Image.fromarray(photo).convert("L"), Image.fromarray(photo)], grey, inception())
 
 
+@pytest.mark.parametrize("mode, options", [
+    ("RGB", dict(quality=90)),  # 4:2:0 chroma: 16-row blocks
+    ("RGB", dict(quality=90, progressive=True)),
+    ("RGB", dict(quality=95, subsampling=0)),  # 4:4:4: 8-row blocks
+    ("RGB", dict(quality=85, restart_marker_rows=1)),
+    ("L", dict(quality=90)),
+])
+def test_a_jpeg_decoded_down_to_its_box_has_exactly_the_full_decodes_rows(mode, options):
+    from sklearn.datasets import load_sample_images
+
+    from hf_vit.data.decoding import _jpeg_down_to, _jpeg_frame
+
+    buffer = io.BytesIO()
+    Image.fromarray(load_sample_images().images[0][50:250, 100:400]).convert(mode).save(buffer, "JPEG", **options)
+    data = buffer.getvalue()
+    frame = _jpeg_frame(data)
+    assert (frame.height, frame.width, frame.components) == (200, 300, 3 if mode == "RGB" else 1)
+    full = np.asarray(Image.open(io.BytesIO(data)))
+    for bottom in (1, 16, 37, 120, 150):
+        short = _jpeg_down_to(data, frame, bottom)
+        rows = np.asarray(Image.open(io.BytesIO(short)))
+        assert bottom + frame.block_rows <= rows.shape[0] <= bottom + 2 * frame.block_rows  # fewer rows decoded
+        assert np.array_equal(rows[:bottom], full[:bottom]), bottom
+    assert _jpeg_down_to(data, frame, frame.height - frame.block_rows) is data  # no row of blocks to save
+
+
+def test_jpegs_that_may_turn_or_are_not_rgb_take_the_processors_path():
+    from hf_vit.data.decoding import _jpeg_frame
+
+    photo = Image.fromarray(np.zeros((16, 24, 3), dtype=np.uint8))
+    exif, cmyk = io.BytesIO(), io.BytesIO()
+    photo.save(exif, "JPEG", exif=Image.Exif())
+    photo.convert("CMYK").save(cmyk, "JPEG")
+    assert _jpeg_frame(exif.getvalue()) is None and _jpeg_frame(cmyk.getvalue()) is None
+    assert _jpeg_frame(b"\x89PNG\r\n") is None
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Seeds: the same batch whatever the threads, workers or caching
 
