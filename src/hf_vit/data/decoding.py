@@ -135,7 +135,7 @@ def _pil_pixels(image: PIL.Image.Image) -> torch.Tensor:
     width, height = image.size
     if image.mode == "RGB":
         try:
-            values = pyarrow.array(image).flatten()  # (h * w * 4,) uint8, sharing PIL's memory
+            values = pyarrow.array(image).values  # (h * w * 4,) uint8, sharing PIL's memory
             return torch.from_dlpack(values).view(1, height, width, 4).permute(0, 3, 1, 2)
         except (AttributeError, TypeError, ValueError, pyarrow.ArrowException, RuntimeError):
             pass  # older Pillow, or an image stored in several memory blocks
