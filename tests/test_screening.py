@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +24,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def decodes(monkeypatch, tmp_path):
     """Counts the images the check decodes; a fresh, private cache folder per test."""
     monkeypatch.setenv("HF_VIT_CACHE", str(tmp_path / "cache"))
-    counter = {"count": 0}
+    counter, lock = {"count": 0}, threading.Lock()
     check = screening.check_image
 
     def spy(value):
-        counter["count"] += 1
+        with lock:
+            counter["count"] += 1
         return check(value)
 
     monkeypatch.setattr(screening, "check_image", spy)
@@ -123,9 +125,25 @@ def test_the_cache_folder_and_an_unwritable_one(decodes, tmp_path, monkeypatch, 
     assert _check_again(decodes, root)[0] == 16
 
 
+def test_concurrent_checks_of_one_data_set_decode_it_once(decodes, tmp_path):
+    from datasets import load_dataset
+
+    train = load_dataset("imagefolder", data_dir=str(make_image_folder(tmp_path / "photos")))["train"]
+    results = []
+
+    def check():
+        results.append(len(screening.screen_split("train", train, "skip", [], 1, show=False)))
+
+    threads = [threading.Thread(target=check) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [16, 16, 16] and decodes["count"] == 16  # one checked; the others waited for its result
+
+
 SCRIPT = """
-import json, sys
-from accelerate import PartialState
+import json, os, sys
 import hf_vit.data.screening as screening
 from hf_vit.data import DataArguments, load_image_classification_data
 
@@ -136,9 +154,8 @@ def spy(value):
     decodes += 1
     return check(value)
 screening.check_image = spy
-state = PartialState()
 data = load_image_classification_data(DataArguments(dataset=sys.argv[1], validation_fraction=0.0, test_fraction=0.25))
-print(json.dumps({"rank": state.process_index, "decodes": decodes, "rows": len(data.train) + len(data.test)}))
+print(json.dumps({"rank": int(os.environ["RANK"]), "decodes": decodes, "rows": len(data.train) + len(data.test)}))
 """
 
 
@@ -146,8 +163,8 @@ def test_two_processes_check_once_and_one_prints(tmp_path):
     root = make_image_folder(tmp_path / "photos", corrupt=("dog2.jpg",))
     script = tmp_path / "load.py"
     script.write_text(SCRIPT)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"),
-               HF_VIT_CACHE=str(tmp_path / "cache"))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1",
+               PYTHONPATH=str(ROOT / "src"), HF_VIT_CACHE=str(tmp_path / "cache"))
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(root)],
         env=env, capture_output=True, text=True, timeout=600,

@@ -156,25 +156,46 @@ def _write_cached(key: str, num_rows: int, split_name: str, bad) -> str | None:
     return path
 
 
+@contextlib.contextmanager
+def _cache_lock(key: str):
+    """A lock per data set (a lock file beside its result): one process checks it while the others, of this run or of
+    another, wait and then read the result. No lock when the cache folder cannot be written."""
+    from filelock import FileLock
+
+    path = _cache_path(key)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        lock = FileLock(path[: -len(".json")] + ".lock")
+        lock.acquire()
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def screen_split(split_name, dataset, on_bad_image, skipped, num_threads, show=True, use_cache=True):
     """
     `dataset` without its unreadable images (`on_bad_image='skip'`, each recorded in `skipped`) or a
     `BadImageError` listing them all ('fail'). The check runs once per data set: its result is cached (module
-    docstring) and reused by later runs and by the other processes of this one. `show`: this process prints (a
-    progress bar while checking, the outcome).
+    docstring) and reused by later runs and by the other processes of this one; while one process checks a data set,
+    the others wait for its result. The process that checks shows a progress bar; `show`: this process prints the
+    outcome.
     """
     bad = None
     key = screening_key(dataset) if use_cache else None
-    if key is not None:
-        bad = _read_cached(key, len(dataset))
-    if bad is None:
-        description = f"checking the {split_name!r} images" if show else None
-        bad = find_bad_images(dataset, num_threads, progress=description)
+    with _cache_lock(key) if key is not None else contextlib.nullcontext():
         if key is not None:
-            written = _write_cached(key, len(dataset), split_name, bad)
-            if show and written is None:
-                print(f"data: could not write the image check's result under {cache_dir()} (set {CACHE_ENV} to a "
-                      "writable folder to reuse it)")
+            bad = _read_cached(key, len(dataset))
+        if bad is None:
+            bad = find_bad_images(dataset, num_threads, progress=f"checking the {split_name!r} images")
+            if key is not None:
+                written = _write_cached(key, len(dataset), split_name, bad)
+                if show and written is None:
+                    print(f"data: could not write the image check's result under {cache_dir()} (set {CACHE_ENV} to "
+                          "a writable folder to reuse it)")
     if not bad:
         return dataset
     listing = "\n".join(f"  {where}: {reason}" for _, where, reason in bad)

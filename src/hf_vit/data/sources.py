@@ -260,13 +260,16 @@ def _is_main_process() -> bool:
 @contextlib.contextmanager
 def _main_process_first():
     """Under a multi-process launch (torchrun, `accelerate launch`), each machine's first process runs the body
-    first (it builds the `datasets` cache and the screening cache), the others after it (and reuse both)."""
+    first (it builds the `datasets` cache and the screening cache), the others after it (and reuse both). (Should
+    Accelerate not see the launch, e.g. torchrun on CPU without ACCELERATE_USE_CPU=1, the screening's own lock still
+    lets one process check and the others reuse its result.)"""
     if not _is_distributed():
         yield
         return
     from accelerate import PartialState
 
-    with PartialState().local_main_process_first():
+    state = PartialState()
+    with state.local_main_process_first() if state.num_processes > 1 else contextlib.nullcontext():
         yield
 
 
