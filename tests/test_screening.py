@@ -1,6 +1,7 @@
 """Data preparation once (issue 17, point 4): the bad-image check is cached per data set and reused by later runs and
 by the other processes of a run; every change to the images is noticed; one process checks and prints."""
 
+import io
 import json
 import os
 import subprocess
@@ -12,8 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hf_vit.data import DataArguments, load_image_classification_data
-from hf_vit.data import screening
+from hf_vit.data import DataArguments, load_image_classification_data, screening
 from tests.test_data import make_image_folder
 
 
@@ -95,7 +95,7 @@ def test_images_stored_in_the_data_set_are_keyed_by_its_fingerprint(decodes, tmp
         rng = np.random.default_rng(count)
         images = []
         for _ in range(count):
-            buffer = __import__("io").BytesIO()
+            buffer = io.BytesIO()
             Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(buffer, "PNG")
             images.append({"bytes": buffer.getvalue(), "path": None})
         features = Features({"image": ImageFeature(), "label": ClassLabel(names=["a", "b"])})

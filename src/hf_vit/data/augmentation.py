@@ -97,7 +97,9 @@ def draw_crops(batch: int, generator=None) -> torch.Tensor:
     return torch.rand(batch, CROP_DRAWS, dtype=torch.float64, generator=generator)
 
 
-def sample_crop_box(height: int, width: int, draws, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+def sample_crop_box(
+    height: int, width: int, draws, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)
+) -> tuple[int, int, int, int]:
     """
     (top, left, crop_height, crop_width) of a random resized crop of a `height` x `width` image, from one image's row
     of `draw_crops`. torchvision's `RandomResizedCrop.get_params`, which the reference's inception crop matches in

@@ -204,7 +204,8 @@ class TrainerTransform(TrainerCallback):
         if getattr(self.augment, "crops_decoded_images", False):
             draws = torch.cat([self.augment.draw_crops(1, generator) for generator in generators])
             pixel_values = crop_resize_batch(images, self.image_processor, self.augment, draws, self.num_threads)
-            rows = [self.augment.augment_resized(pixel_values[i : i + 1], generator=g) for i, g in enumerate(generators)]
+            rows = [self.augment.augment_resized(pixel_values[i : i + 1], generator=generator)
+                    for i, generator in enumerate(generators)]
         else:
             pixel_values = augmented_pixel_values(images, self.image_processor, num_threads=self.num_threads)
             rows = [self.augment(pixel_values[i : i + 1], generator=g) for i, g in enumerate(generators)]

@@ -99,7 +99,9 @@ def _jpeg_frame(data: bytes) -> _JpegFrame | None:
                 return None
             precision, components = data[index + 4], data[index + 9]
             height, width = data[index + 5] << 8 | data[index + 6], data[index + 7] << 8 | data[index + 8]
-            if precision != 8 or components not in (1, 3) or not height or not width or index + 10 + 3 * components > end:
+            if precision != 8 or components not in (1, 3) or not (height and width):
+                return None
+            if index + 10 + 3 * components > end:
                 return None
             vertical = max(data[index + 11 + 3 * k] & 0x0F for k in range(components))
             return _JpegFrame(index + 5, height, width, 8 * vertical, components)

@@ -104,7 +104,8 @@ def screening_key(dataset) -> str:
     """
     import pyarrow.compute as pc
 
-    digest = hashlib.sha256(f"hf_vit-screening {SCREENING_VERSION} pillow {PIL.__version__} rows {len(dataset)}\n".encode())
+    header = f"hf_vit-screening {SCREENING_VERSION} pillow {PIL.__version__} rows {len(dataset)}\n"
+    digest = hashlib.sha256(header.encode())
     raw = dataset.cast_column("image", ImageFeature(decode=False)).select_columns(["image"]).with_format("arrow")
     chunks = list(raw.iter(batch_size=65536))
     holds_bytes = any(pc.struct_field(chunk.column("image"), "bytes").null_count < chunk.num_rows
