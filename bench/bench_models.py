@@ -487,7 +487,7 @@ def main(argv=None):
             f"median of the rounds' step times. {REFERENCE}/peer = median over rounds of the per-round speed ratio "
             f"(> 1: {REFERENCE} faster); for the tanh-GELU row it compares hf_vit's exact-GELU build with its default, "
             "for the reference-numerics row hf_vit's timm-numerics hybrid with the package default"
-            + (f"; for the limit row it is hf_vit's share of the matmul-only limit" if args.matmul_limit else "")
+            + ("; for the limit row it is hf_vit's share of the matmul-only limit" if args.matmul_limit else "")
             + "."
         )
     if option_rows:

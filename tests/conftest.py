@@ -11,6 +11,18 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _hf_vit_cache(tmp_path_factory):
+    # hf_vit's own cache (the image checks of hf_vit.data.screening) goes to a fresh folder, never the user's.
+    previous = os.environ.get("HF_VIT_CACHE")
+    os.environ["HF_VIT_CACHE"] = str(tmp_path_factory.mktemp("hf_vit_cache"))
+    yield
+    if previous is None:
+        os.environ.pop("HF_VIT_CACHE", None)
+    else:
+        os.environ["HF_VIT_CACHE"] = previous
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -228,3 +228,23 @@ def test_cached_images_are_refused_for_a_stream(tmp_path):
     root = make_image_folder(tmp_path / "photos", per_class=4)
     with pytest.raises(ValueError, match="`cache_decoded_images`.*streamed"):
         load_image_classification_data(DataArguments(dataset=str(root), streaming=True, cache_decoded_images=True))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Loader options
+
+
+def test_pin_memory_reaches_both_loaders_when_there_is_an_accelerator(monkeypatch):
+    from hf_vit.data import build_eval_loader, build_train_loader
+    from hf_vit.data import loader as loader_module
+    from hf_vit.training.arguments import BOOKKEEPING_FIELDS
+
+    rows = [{"image": np.zeros((4, 4), dtype=np.uint8), "label": 0}] * 8
+    collate = ImageClassificationCollator(ViTImageProcessor(size=4))
+    for available in (False, True):  # on a CPU-only machine there is nothing to pin for: the option is dropped
+        monkeypatch.setattr(loader_module, "can_pin_memory", lambda: available)
+        train_loader, _ = build_train_loader(rows, collate, 4, 0, 1, 0, 1, pin_memory=True)
+        eval_loader = build_eval_loader(rows, collate, 4, pin_memory=True)
+        assert train_loader.pin_memory is available and eval_loader.pin_memory is available
+        assert build_eval_loader(rows, collate, 4).pin_memory is False
+    assert DataArguments().pin_memory is False and "pin_memory" in BOOKKEEPING_FIELDS  # a resumed run may change it

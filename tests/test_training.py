@@ -311,16 +311,18 @@ def test_trainer_route_uses_the_same_data_and_transforms(tmp_path, digits, proce
 
     torch.manual_seed(0)
     model = tiny_model()
-    augment = BatchAugmentation("translate", processor.image_mean, processor.image_std)
-    train_set = digits.train.with_transform(TrainerTransform(processor, augment))
+    transform = TrainerTransform(processor, BatchAugmentation("translate", processor.image_mean, processor.image_std),
+                                 seed=0)
+    train_set = transform.prepare(digits.train)  # seeded: with the row index each row's augmentation comes from
     eval_set = digits.test.with_transform(TrainerTransform(processor))
     arguments = TrainingArguments(
         str(tmp_path / "trainer"), remove_unused_columns=False, per_device_train_batch_size=64, max_steps=40,
         learning_rate=3e-3, report_to=[], save_strategy="no", logging_steps=5, use_cpu=True,
     )
     trainer = Trainer(model=model, args=arguments, train_dataset=train_set, eval_dataset=eval_set,
-                      compute_metrics=compute_accuracy)
+                      compute_metrics=compute_accuracy, callbacks=[transform])
     trainer.train()
+    assert transform.epoch == 1  # 40 batches of 64: the second pass over the 1293 rows (21 batches each) began
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     assert losses[-1] < losses[0]
     metrics = trainer.evaluate()

@@ -1,11 +1,18 @@
-"""Batch augmentations on preprocessed tensors (B, C, H, W), chosen per data set (ViT paper, section 4.1).
+"""Training augmentations, chosen per data set (ViT paper, section 4.1).
 
 The paper pre-trains with an inception-style random resized crop and a horizontal flip. Those destroy labels on
 some data (a mirrored digit is another symbol; a crop of 8% of an 8x8 scan is noise), so "auto" picks per data set.
 Options beyond the paper (RandAugment-style operations, mixup / cutmix) come from the later "How to train your ViT"
-and DeiT recipes and are off unless asked for. Everything runs on tensors, in the DataLoader's worker processes, and
-draws its randomness from the `torch.Generator` it is given (one per batch, see `loader.SeededBatchSampler`), so a
-resumed run sees the same augmented batches as an uninterrupted one.
+and DeiT recipes and are off unless asked for.
+
+Two stages. The random resized crop changes the scale, so it acts on the decoded original image and resizes once to
+the model size (`hf_vit.data.decoding`; as the reference's `inception_crop` and torchvision's `RandomResizedCrop`
+do): this module only draws its boxes. Everything else runs on the batch of resized, normalised tensors
+(B, C, H, W). NOTE: shifts (translate, pad-and-crop), flips and RandAugment's operations stay on the resized tensor:
+a flip and an integer shift commute with the resize (the same pixels up to where the border starts), and RandAugment
+acts on the model-size image in its reference implementation too (after the crop). All randomness comes from the
+`torch.Generator` given per batch (see `loader.SeededBatchSampler`), so a resumed run sees the same augmented
+batches as an uninterrupted one.
 """
 
 import math
@@ -65,27 +72,85 @@ def random_flip(pixel_values: torch.Tensor, generator=None) -> torch.Tensor:
     return torch.where(flips[:, None, None, None], pixel_values.flip(-1), pixel_values)
 
 
+# The random resized crop's boxes (the crop itself is taken from the decoded image: `hf_vit.data.decoding`)
+
+CROP_ATTEMPTS = 10  # torchvision's: tries before falling back to a centred box
+CROP_DRAWS = 2 * CROP_ATTEMPTS + 3  # per image: an area share and an aspect per try, the position (2), the flip
+_TOP, _LEFT, _FLIP = 2 * CROP_ATTEMPTS, 2 * CROP_ATTEMPTS + 1, 2 * CROP_ATTEMPTS + 2
+
+
+def check_crop_range(values, name: str, upper: float | None) -> tuple[float, float]:
+    """A (low, high) range of the random resized crop, validated: 0 < low <= high (<= upper)."""
+    try:
+        low, high = (float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be two numbers (low, high), got {values!r}.") from None
+    if not (0.0 < low <= high) or (upper is not None and high > upper) or not math.isfinite(high):
+        bound = f" <= {upper}" if upper is not None else ""
+        raise ValueError(f"`{name}` must satisfy 0 < low <= high{bound}, got {values!r}.")
+    return low, high
+
+
+def draw_crops(batch: int, generator=None) -> torch.Tensor:
+    """(B, CROP_DRAWS) float64 uniforms in [0, 1): all the randomness of each image's random resized crop and flip,
+    drawn before any image is decoded (so the result does not depend on decoding order or threads)."""
+    return torch.rand(batch, CROP_DRAWS, dtype=torch.float64, generator=generator)
+
+
+def sample_crop_box(
+    height: int, width: int, draws, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)
+) -> tuple[int, int, int, int]:
+    """
+    (top, left, crop_height, crop_width) of a random resized crop of a `height` x `width` image, from one image's row
+    of `draw_crops`. torchvision's `RandomResizedCrop.get_params`, which the reference's inception crop matches in
+    distribution: up to 10 tries of an area share uniform in `scale` and an aspect ratio (width / height)
+    log-uniform in `ratio`, rounded to whole pixels, until the box fits inside the image; its position uniform over
+    the places where it fits. If no try fits, the largest centred box whose aspect ratio is clamped into `ratio`.
+    """
+    draws = draws.tolist() if isinstance(draws, torch.Tensor) else list(draws)
+    area = height * width
+    log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
+    for attempt in range(CROP_ATTEMPTS):
+        target = area * (scale[0] + (scale[1] - scale[0]) * draws[attempt])
+        aspect = math.exp(log_low + (log_high - log_low) * draws[CROP_ATTEMPTS + attempt])
+        crop_w = int(round(math.sqrt(target * aspect)))
+        crop_h = int(round(math.sqrt(target / aspect)))
+        if 0 < crop_w <= width and 0 < crop_h <= height:
+            top = min(int(draws[_TOP] * (height - crop_h + 1)), height - crop_h)
+            left = min(int(draws[_LEFT] * (width - crop_w + 1)), width - crop_w)
+            return top, left, crop_h, crop_w
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        crop_w, crop_h = width, min(height, int(round(width / ratio[0])))
+    elif in_ratio > ratio[1]:
+        crop_w, crop_h = min(width, int(round(height * ratio[1]))), height
+    else:
+        crop_w, crop_h = width, height
+    return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
+
+
+def crop_is_flipped(draws) -> bool:
+    """Whether one image's row of `draw_crops` mirrors it (probability 0.5)."""
+    return float(draws[_FLIP]) < 0.5
+
+
 def random_resized_crop_flip(
     pixel_values: torch.Tensor, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), generator=None
 ) -> torch.Tensor:
-    """The paper's inception-style crop (random area and aspect ratio, resized back) and a horizontal flip."""
+    """
+    The paper's inception-style crop and a horizontal flip, on a batch (B, C, H, W) taken as the original images:
+    each crop (`sample_crop_box`) is resized back to H x W (bilinear, antialiased). The collators do not use this:
+    they crop the decoded original image and resize once (`hf_vit.data.decoding`), never an already resized one.
+    """
     batch, _, height, width = pixel_values.shape
-    area = torch.empty(batch).uniform_(*scale, generator=generator) * height * width
-    log_ratio = torch.empty(batch).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
-    aspect = log_ratio.exp()
-    crop_w = (area * aspect).sqrt().clamp(1, width)  # (B,) in pixels
-    crop_h = (area / aspect).sqrt().clamp(1, height)
-    # Crop centres uniform over the positions where the crop fits; as an affine sampling grid (one resample, batched).
-    cx = (torch.rand(batch, generator=generator) * (width - crop_w) + crop_w / 2) / width * 2 - 1
-    cy = (torch.rand(batch, generator=generator) * (height - crop_h) + crop_h / 2) / height * 2 - 1
-    flips = torch.where(torch.rand(batch, generator=generator) < 0.5, -1.0, 1.0)
-    theta = torch.zeros(batch, 2, 3)
-    theta[:, 0, 0] = crop_w / width * flips
-    theta[:, 0, 2] = cx
-    theta[:, 1, 1] = crop_h / height
-    theta[:, 1, 2] = cy
-    grid = F.affine_grid(theta, list(pixel_values.shape), align_corners=False)
-    return F.grid_sample(pixel_values, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    draws = draw_crops(batch, generator)
+    out = torch.empty_like(pixel_values)
+    for index in range(batch):
+        top, left, crop_h, crop_w = sample_crop_box(height, width, draws[index], scale, ratio)
+        crop = pixel_values[index : index + 1, :, top : top + crop_h, left : left + crop_w]
+        resized = F.interpolate(crop, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+        out[index] = resized[0].flip(-1) if crop_is_flipped(draws[index]) else resized[0]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -231,13 +296,25 @@ def _beta_sample(alpha: float, generator) -> float:
 
 class BatchAugmentation:
     """
-    The training-time augmentation of one recipe, as one picklable callable for the DataLoader workers:
-    `(pixel_values (B, C, H, W), generator) -> pixel_values`. Built from the resolved augmentation name, the
-    RandAugment-style options and the processor's normalisation (to know where black is).
+    The training-time augmentation of one recipe, as one picklable callable for the DataLoader workers. Built from
+    the resolved augmentation name, the RandAugment-style options and the processor's normalisation (to know where
+    black is).
+
+    With `inception_crop_flip` (`crops_decoded_images`), the collators crop the decoded image with the boxes this
+    object draws (`draw_crops`, `crop_box`; `hf_vit.data.decoding.crop_resize_batch`) and then call
+    `augment_resized` on the model-size batch. Called on a tensor, `(pixel_values (B, C, H, W), generator) ->
+    pixel_values` does both on that tensor, taking it as the original images.
+
+    Args:
+        crop_scale, crop_ratio: the random resized crop's area share and aspect ratio (width / height) ranges
+            (the paper's and torchvision's defaults: 8-100% of the area, 3/4-4/3).
+        reduced_jpeg_decoding: let the crop decode a JPEG at a reduced DCT scale where its box allows
+            (`hf_vit.data.decoding.crop_resize_batch`).
     """
 
     def __init__(self, name: str, image_mean, image_std, randaugment_num_ops: int = 0, randaugment_magnitude: float = 9,
-                 max_shift: float = 0.125):
+                 max_shift: float = 0.125, crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3),
+                 reduced_jpeg_decoding: bool = False):
         if name not in AUGMENTATIONS:
             raise ValueError(f"`augmentation` must be one of {list(AUGMENTATIONS)}, got {name!r}.")
         if randaugment_num_ops < 0:
@@ -250,10 +327,27 @@ class BatchAugmentation:
         self.max_shift = max_shift
         self.image_mean, self.image_std = list(image_mean), list(image_std)
         self.randaugment_num_ops, self.randaugment_magnitude = randaugment_num_ops, randaugment_magnitude
+        self.crop_scale = check_crop_range(crop_scale, "crop_scale", upper=1.0)
+        self.crop_ratio = check_crop_range(crop_ratio, "crop_ratio", upper=None)
+        self.reduced_jpeg_decoding = bool(reduced_jpeg_decoding)
         # The value black (pixel 0) has after the processor's normalisation: what pad-and-crop fills with.
         self.black = -float(self.image_mean[0]) / float(self.image_std[0])
 
-    def __call__(self, pixel_values: torch.Tensor, generator=None) -> torch.Tensor:
+    @property
+    def crops_decoded_images(self) -> bool:
+        """Whether part of this augmentation (the random resized crop and its flip) acts on the decoded image."""
+        return self.name == "inception_crop_flip"
+
+    def draw_crops(self, batch: int, generator=None) -> torch.Tensor:
+        """(B, CROP_DRAWS) draws of the decoded-image stage; drawn first, before `augment_resized`'s."""
+        return draw_crops(batch, generator)
+
+    def crop_box(self, height: int, width: int, draws) -> tuple[int, int, int, int]:
+        """(top, left, crop_height, crop_width) in a `height` x `width` image, from one row of `draw_crops`."""
+        return sample_crop_box(height, width, draws, self.crop_scale, self.crop_ratio)
+
+    def augment_resized(self, pixel_values: torch.Tensor, generator=None) -> torch.Tensor:
+        """The stage on the model-size batch (B, C, H, W): RandAugment, then the shift / flip of the other names."""
         if self.randaugment_num_ops:
             pixel_values = rand_augment(
                 pixel_values, self.randaugment_num_ops, self.randaugment_magnitude, self.image_mean, self.image_std,
@@ -266,6 +360,9 @@ class BatchAugmentation:
         if self.name in ("crop", "crop_flip"):
             pixel_values = random_translate(pixel_values, self.max_shift, generator=generator, fill=self.black)
             return random_flip(pixel_values, generator=generator) if self.name == "crop_flip" else pixel_values
-        if self.name == "inception_crop_flip":
-            return random_resized_crop_flip(pixel_values, generator=generator)
         return pixel_values
+
+    def __call__(self, pixel_values: torch.Tensor, generator=None) -> torch.Tensor:
+        if self.crops_decoded_images:
+            pixel_values = random_resized_crop_flip(pixel_values, self.crop_scale, self.crop_ratio, generator)
+        return self.augment_resized(pixel_values, generator)

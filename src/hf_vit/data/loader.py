@@ -149,9 +149,21 @@ class StreamBatches(IterableDataset):
                 pending = []
 
 
+def can_pin_memory() -> bool:
+    """Whether page-locked ("pinned") batches can help: only with an accelerator to copy them to (on a CPU-only
+    machine torch would ignore the request, with a warning)."""
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None and hasattr(accelerator, "is_available"):
+        return bool(accelerator.is_available())
+    return torch.cuda.is_available()
+
+
 def build_train_loader(dataset, collate_fn, batch_size, seed, num_processes, process_index, accumulation,
-                       num_workers=0, shuffle_buffer_size=10_000):
-    """(DataLoader, sampler-or-stream with `set_epoch(epoch, start_step)`) for the training split."""
+                       num_workers=0, shuffle_buffer_size=10_000, pin_memory=False):
+    """(DataLoader, sampler-or-stream with `set_epoch(epoch, start_step)`) for the training split. `pin_memory`:
+    batches in page-locked memory, so that `move_to_device(..., non_blocking=True)` copies them to the GPU
+    asynchronously (ignored without an accelerator)."""
+    pin_memory = bool(pin_memory) and can_pin_memory()
     # A private generator: the DataLoader must not draw from the global RNG (dropout's), or a resumed run would
     # consume one draw more than an uninterrupted one.
     generator = torch.Generator().manual_seed(derive_seed("loader", seed))
@@ -162,16 +174,19 @@ def build_train_loader(dataset, collate_fn, batch_size, seed, num_processes, pro
                 "process (use more workers with map-style data)."
             )
         stream = StreamBatches(dataset, batch_size, seed, num_processes, process_index, shuffle_buffer_size)
-        loader = DataLoader(stream, batch_size=None, collate_fn=collate_fn, num_workers=0, generator=generator)
+        loader = DataLoader(stream, batch_size=None, collate_fn=collate_fn, num_workers=0, generator=generator,
+                            pin_memory=pin_memory)
         return loader, stream
     sampler = SeededBatchSampler(len(dataset), batch_size, seed, num_processes, process_index, accumulation)
     loader = DataLoader(
         KeyedDataset(dataset), batch_sampler=sampler, collate_fn=collate_fn, num_workers=num_workers,
         generator=generator, persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None,
+        pin_memory=pin_memory,
     )
     return loader, sampler
 
 
-def build_eval_loader(dataset, collate_fn, batch_size, num_workers=0):
+def build_eval_loader(dataset, collate_fn, batch_size, num_workers=0, pin_memory=False):
     """A plain, ordered loader for evaluation (Accelerate shards it; `gather_for_metrics` drops the padding)."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn, num_workers=num_workers)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn, num_workers=num_workers,
+                      pin_memory=bool(pin_memory) and can_pin_memory())

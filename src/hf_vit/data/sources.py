@@ -10,6 +10,7 @@ Every source becomes `datasets` splits with an `image` and a `label` column, so 
 `transformers.Trainer` (see `TrainerTransform`).
 """
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 
@@ -19,7 +20,7 @@ from datasets import Image as ImageFeature
 
 from .arguments import DataArguments
 from .idx import FASHION_MNIST_LABELS, find_idx_files, load_idx_split
-from .screening import ON_BAD_IMAGE, StreamImageFilter, drop_bad_images
+from .screening import ON_BAD_IMAGE, StreamImageFilter, screen_split
 
 
 SOURCE_KINDS = ("digits", "idx", "imagefolder", "hub")
@@ -247,8 +248,37 @@ def _limit(dataset, count, streaming):
     return dataset.select(range(min(count, len(dataset))))
 
 
+def _is_distributed() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
+def _is_main_process() -> bool:
+    """Whether this is the run's first process (the one that prints); True outside a multi-process launch."""
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
+@contextlib.contextmanager
+def _main_process_first():
+    """Under a multi-process launch (torchrun, `accelerate launch`), each machine's first process runs the body
+    first (it builds the `datasets` cache and the screening cache), the others after it (and reuse both). (Should
+    Accelerate not see the launch, e.g. torchrun on CPU without ACCELERATE_USE_CPU=1, the screening's own lock still
+    lets one process check and the others reuse its result.)"""
+    if not _is_distributed():
+        yield
+        return
+    from accelerate import PartialState
+
+    state = PartialState()
+    with state.local_main_process_first() if state.num_processes > 1 else contextlib.nullcontext():
+        yield
+
+
 def load_image_classification_data(data_args) -> ImageClassificationData:
-    """The recipes' one entry point for data: source -> checked, split `ImageClassificationData` (`DataArguments`)."""
+    """
+    The recipes' one entry point for data: source -> checked, split `ImageClassificationData` (`DataArguments`).
+    Under a multi-process launch, each machine's first process loads and checks the data first; the others then
+    reuse its `datasets` cache and its image check (`hf_vit.data.screening`), and only the first process prints.
+    """
     if data_args.on_bad_image not in ON_BAD_IMAGE:
         raise ValueError(f"`on_bad_image` must be one of {list(ON_BAD_IMAGE)}, got {data_args.on_bad_image!r}.")
     kind = resolve_source_kind(data_args.dataset, data_args.dataset_format)
@@ -258,6 +288,11 @@ def load_image_classification_data(data_args) -> ImageClassificationData:
     if streaming and data_args.cache_decoded_images:
         raise ValueError("`cache_decoded_images` holds the decoded training set in memory; a streamed data set cannot "
                          "be (set one of `streaming` and `cache_decoded_images` to false).")
+    with _main_process_first():
+        return _load_checked(data_args, kind, streaming)
+
+
+def _load_checked(data_args, kind, streaming) -> ImageClassificationData:
     if kind == "digits":
         splits, label_names = _load_digits()
     elif kind == "idx":
@@ -273,8 +308,8 @@ def load_image_classification_data(data_args) -> ImageClassificationData:
                 undecoded = splits[name].cast_column("image", ImageFeature(decode=False))
                 splits[name] = undecoded.filter(StreamImageFilter(name, data_args.on_bad_image))
             else:
-                splits[name] = drop_bad_images(name, splits[name], data_args.on_bad_image, skipped,
-                                                max(2, data_args.num_workers))
+                splits[name] = screen_split(name, splits[name], data_args.on_bad_image, skipped,
+                                            max(2, data_args.num_workers), show=_is_main_process())
 
     train, validation, test = _make_splits(splits, data_args, streaming)
     train = _limit(train, data_args.max_train_examples, streaming)

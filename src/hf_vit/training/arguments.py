@@ -142,8 +142,7 @@ class FinetuneTrainArguments(TrainArguments):
 BOOKKEEPING_FIELDS = frozenset({
     "output_dir", "resume", "report_to", "log_every_steps", "save_every_steps", "save_total_limit", "num_workers",
     "save_every_epochs", "keep_best_metric", "keep_best_mode", "overwrite_output_dir", "gradient_checkpointing",
-    "torch_compile", "pin_memory",
-    "cache_decoded_images",
+    "torch_compile", "pin_memory", "cache_decoded_images",
     "predict_examples", "eval_batch_size", "attn_implementation",
     "push_to_hub", *(f.name for f in dataclasses.fields(prefixed_options("hub_"))),
 })

@@ -45,7 +45,8 @@ class ClassificationRecipe(Recipe):
         data, task, accelerator = run.data, run.task, run.accelerator
         if data.test is None:
             return {}
-        loader = accelerator.prepare(build_eval_loader(data.test, task.eval_collator(), self.train_args.eval_batch_size))
+        loader = accelerator.prepare(build_eval_loader(data.test, task.eval_collator(), self.train_args.eval_batch_size,
+                                                       pin_memory=self.data_args.pin_memory))
         test, one_view = task.measure(loader, accelerator, with_single_view=True, with_confusion_matrix=True)
         results = {"test": test}
         line = f"held-out test accuracy: {results['test']['accuracy']:.4f} on {results['test']['num_examples']} images"

@@ -163,6 +163,7 @@ def train(
     num_workers: int = 0,
     shuffle_buffer_size: int = 10_000,
     run_args: dict | None = None,
+    pin_memory: bool = False,
 ) -> TrainResult:
     """
     Train `task.model` on `train_dataset` with `TrainArguments` `args` (see the module docstring). The task's model
@@ -189,7 +190,7 @@ def train(
 
     train_loader, position = build_train_loader(
         train_dataset, task.train_collator(), device_batch, args.seed, accelerator.num_processes,
-        accelerator.process_index, accumulation, num_workers, shuffle_buffer_size,
+        accelerator.process_index, accumulation, num_workers, shuffle_buffer_size, pin_memory=pin_memory,
     )
     steps_per_epoch = None if streaming else position.steps_per_epoch
     if args.max_steps > 0:
@@ -226,7 +227,8 @@ def train(
         _unfuse_where_dtensor_cannot(optimizer)
     eval_loader = None
     if eval_dataset is not None:
-        eval_loader = accelerator.prepare(build_eval_loader(eval_dataset, task.eval_collator(), args.eval_batch_size))
+        eval_loader = accelerator.prepare(build_eval_loader(eval_dataset, task.eval_collator(), args.eval_batch_size,
+                                                            pin_memory=pin_memory))
     if args.ema_decay > 0 and ema is None:
         ema = ModelEMA(accelerator.unwrap_model(task.model), args.ema_decay, args.ema_warmup)
     accelerator.register_for_checkpointing(schedule)

@@ -76,9 +76,10 @@ class Recipe:
         num_ops = self.data_args.randaugment_num_ops
         if name == "none" and not num_ops:
             return name, None
+        data_args = self.data_args
         return name, BatchAugmentation(
-            name, processor.image_mean, processor.image_std, num_ops, self.data_args.randaugment_magnitude,
-            self.data_args.augment_max_shift,
+            name, processor.image_mean, processor.image_std, num_ops, data_args.randaugment_magnitude,
+            data_args.augment_max_shift, data_args.crop_scale, data_args.crop_ratio, data_args.reduced_jpeg_decoding,
         )
 
     def describe(self, run: RunContext) -> str:
@@ -153,6 +154,7 @@ def run_recipe(recipe: Recipe):
     result = train(
         task, train_data, train_args, eval_dataset=data.validation, accelerator=accelerator, evaluators=evaluators,
         num_workers=data_args.num_workers, shuffle_buffer_size=data_args.shuffle_buffer_size, run_args=run_args,
+        pin_memory=data_args.pin_memory,
     )
     results = {
         "dataset": data.name, "objective": recipe.objective, "global_step": result.global_step,

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ...configuration_hf_vit import MPP_TARGETS, as_pair
-from ...data import as_image, derive_seed
+from ...data import augmented_pixel_values, derive_seed
 from ...modeling_hf_vit import KEEP, MASK, MPP_COLOR_BITS, MPP_SUB_PATCH_SIDE, REPLACE
 
 
@@ -195,8 +195,10 @@ class MaskedPatchCollator:
         mask_ratio: share of the patches corrupted per image (the paper: 0.5; its comparison: 0.15).
         mask_split: shares of (mask, replace, keep) among the corrupted positions (the paper: 0.8, 0.1, 0.1).
         mpp_target: "mean_color" | "downsampled" | "pixels".
-        augment: optional batch function `(pixel_values, generator=...) -> pixel_values` applied before the targets
-            are computed (targets follow what the model sees).
+        augment: optional augmentation applied before the targets are computed (targets follow what the model sees):
+            a `BatchAugmentation` (its random resized crop is cut from the decoded image and resized once:
+            `hf_vit.data.augmented_pixel_values`) or any batch function `(pixel_values, generator=...) ->
+            pixel_values` on the processor's output.
         seed: makes every plan reproducible (the same sequence of batches gives the same plans). When the training
             loader gives each batch its own seed (`hf_vit.training.loader`), the plan is drawn from that instead, so a
             resumed run draws the same plans as an uninterrupted one.
@@ -248,10 +250,14 @@ class MaskedPatchCollator:
         return self.generator, None
 
     def __call__(self, examples) -> dict:
-        pixel_values = self.image_processor([as_image(e["image"]) for e in examples], return_tensors="pt")["pixel_values"]
-        generator, seed = self._generator(examples, pixel_values)
+        images = [e["image"] for e in examples]
+        content = None  # the unaugmented batch, which content-derived plans are drawn from
+        if self.augment is None or (self.per_batch_plans and getattr(examples, "seed", None) is None):
+            content = augmented_pixel_values(images, self.image_processor)
+        generator, seed = self._generator(examples, content)
+        pixel_values = content
         if self.augment is not None:
-            pixel_values = self.augment(pixel_values, generator=generator)
+            pixel_values = augmented_pixel_values(images, self.image_processor, self.augment, generator)
         batch = pixel_values.shape[0]
         ph, pw = as_pair(self.patch_size)
         num_patches = (pixel_values.shape[2] // ph) * (pixel_values.shape[3] // pw)
