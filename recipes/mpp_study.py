@@ -3,7 +3,9 @@
 1. A random initialisation of the study's ViT, saved (the "scratch" starting point: same architecture and seed).
 2. Masked patch prediction pre-training on every training image (labels unused), one run per variant:
    3-bit mean colour at 50% (the paper's), the 4x4 "downsampled" target, attention-guided masking (AttMask), and the
-   15% corruption rate of the paper's comparison.
+   15% corruption rate of the paper's comparison; and its successor, a masked autoencoder (MAE, 75% hidden,
+   `pretrain_mae.py` with `configs/fashion_mnist_mae.yaml`: the same encoder, trained for the pre-training wall time
+   of the paper's MPP setting).
 3. Few-shot linear accuracy (1/5/10/25 shots, test set) of the frozen features: random initialisation vs each
    pre-training.
 4. Fine-tuning from each starting point with 1% and 10% of the labels, the same recipe and number of steps for all.
@@ -12,7 +14,7 @@
     python recipes/mpp_study.py --dataset /usr/share/datasets/fashion-mnist --out outputs/mpp_study
     python recipes/mpp_study.py --dataset digits --out outputs/mpp_smoke --quick     # a minute: every step, tiny
 
-Each run is a subprocess of the recipes (`pretrain_mpp.py`, `finetune.py`), so every run folder is an ordinary one
+Each run is a subprocess of the recipes (`pretrain_mpp.py`, `pretrain_mae.py`, `finetune.py`), so every run folder is an ordinary one
 (run_args.json, eval_results.json); a run whose folder already holds eval_results.json is not repeated, so an
 interrupted study continues where it stopped.
 """
@@ -27,14 +29,17 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PRETRAIN_CONFIG = os.path.join(HERE, "configs", "fashion_mnist_mpp.yaml")
+MAE_CONFIG = os.path.join(HERE, "configs", "fashion_mnist_mae.yaml")
 FINETUNE_CONFIG = os.path.join(HERE, "configs", "fashion_mnist_mpp_finetune.yaml")
 
-# name -> (description, extra pretrain_mpp.py arguments)
+# name -> (description, extra recipe arguments, recipe script); masked patch prediction runs with --pretrain-config,
+# MAE with --mae-config.
 PRETRAININGS = {
-    "mpp_mean_color_50": ("3-bit mean colour, 50% corrupted (the paper's)", []),
-    "mpp_downsampled_50": ("4x4 sub-patch 3-bit colours, 50%", ["--mpp_target", "downsampled"]),
-    "mpp_attmask_50": ("mean colour, 50%, attention-guided (AttMask)", ["--masking", "attmask"]),
-    "mpp_mean_color_15": ("mean colour, 15% corrupted", ["--mask_ratio", "0.15"]),
+    "mpp_mean_color_50": ("3-bit mean colour, 50% corrupted (the paper's)", [], "pretrain_mpp.py"),
+    "mpp_downsampled_50": ("4x4 sub-patch 3-bit colours, 50%", ["--mpp_target", "downsampled"], "pretrain_mpp.py"),
+    "mpp_attmask_50": ("mean colour, 50%, attention-guided (AttMask)", ["--masking", "attmask"], "pretrain_mpp.py"),
+    "mpp_mean_color_15": ("mean colour, 15% corrupted", ["--mask_ratio", "0.15"], "pretrain_mpp.py"),
+    "mae_75": ("masked autoencoder (MAE), 75% hidden, equal wall time", [], "pretrain_mae.py"),
 }
 SHOTS = (1, 5, 10, 25)
 
@@ -77,15 +82,17 @@ def save_random_init(pretrain_config, common, out_dir, seed) -> None:
 def fewshot_of(folder, dataset_args, shots, seed) -> dict:
     """Few-shot linear accuracy on the test set of a model folder's frozen features (mean patch token and class
     token), with shots drawn from the training split and the ridge strength chosen on a held-out part of it."""
-    from hf_vit import ViTForMaskedPatchPrediction, ViTImageProcessor
+    from hf_vit import ViTForMaskedAutoencoding, ViTForMaskedPatchPrediction, ViTImageProcessor
     from hf_vit.evaluation.fewshot import FewShotEvaluator
     from hf_vit.data import DataArguments, ImageClassificationCollator, load_image_classification_data
     from hf_vit.training import parse_recipe_args
     from hf_vit.training.mpp import PatchRepresentation
+    from hf_vit.transformers_vit_format import checkpoint_architectures
 
     (data_args,) = parse_recipe_args((DataArguments,), dataset_args)
     data = load_image_classification_data(data_args)
-    model = ViTForMaskedPatchPrediction.from_pretrained(folder).eval()
+    is_mae = "ViTForMaskedAutoencoding" in checkpoint_architectures(folder, {})
+    model = (ViTForMaskedAutoencoding if is_mae else ViTForMaskedPatchPrediction).from_pretrained(folder).eval()
     processor = ViTImageProcessor.from_pretrained(folder)
     evaluator = FewShotEvaluator(data.train, data.test, ImageClassificationCollator(processor), shots=shots, seed=seed)
     return {"mean_patch": evaluator(PatchRepresentation(model)), "class_token": evaluator(model)}
@@ -115,8 +122,12 @@ def main(argv=None):
     parser.add_argument("--dataset", default="/usr/share/datasets/fashion-mnist", help="Data set (see DataArguments.dataset)")
     parser.add_argument("--out", default="outputs/mpp_study", help="Study folder (runs, results.json, table.md)")
     parser.add_argument("--pretrain-config", default=PRETRAIN_CONFIG)
+    parser.add_argument("--mae-config", default=MAE_CONFIG)
     parser.add_argument("--finetune-config", default=FINETUNE_CONFIG)
     parser.add_argument("--pretrainings", nargs="*", default=list(PRETRAININGS), choices=list(PRETRAININGS))
+    parser.add_argument("--mae-epochs", type=float, default=None,
+                        help="MAE's pre-training epochs (default: its config's, chosen for the wall time of the paper's "
+                             "MPP setting; see docs/mpp.md)")
     parser.add_argument("--label-counts", nargs="*", type=int, default=[600, 6000],
                         help="Labelled training images for fine-tuning (1%% and 10%% of Fashion-MNIST's 60,000)")
     parser.add_argument("--finetune-steps", nargs="*", type=int, default=[500, 1500],
@@ -143,17 +154,20 @@ def main(argv=None):
                "label_fractions": []}
     total_images = None
 
-    starts = {"random_init": ("random initialisation (no pre-training)", None)}
+    starts = {"random_init": ("random initialisation (no pre-training)", None, None)}
     starts.update({name: PRETRAININGS[name] for name in args.pretrainings})
-    for name, (description, extra) in starts.items():
+    for name, (description, extra, recipe) in starts.items():
         folder = os.path.join(args.out, name)
         entry = {"description": description, "folder": folder, "finetune": {}}
         if extra is None:
             if not os.path.isfile(os.path.join(folder, "config.json")):
                 save_random_init(args.pretrain_config, data + args.extra, folder, args.seed)
         elif results_of(folder) is None:
-            command = [python, os.path.join(HERE, "pretrain_mpp.py"), args.pretrain_config, *data, *quick,
-                       "--output_dir", folder, *extra, *args.extra]
+            config = args.mae_config if recipe == "pretrain_mae.py" else args.pretrain_config
+            if recipe == "pretrain_mae.py" and args.mae_epochs is not None:
+                extra = [*extra, "--num_epochs", str(args.mae_epochs)]
+            command = [python, os.path.join(HERE, recipe), config, *data, *quick, "--output_dir", folder, *extra,
+                       *args.extra]
             print(f"[pre-train] {name}: {' '.join(command[1:])}", flush=True)
             entry["pretrain_seconds"] = run(command, folder + ".log")
         if extra is not None:

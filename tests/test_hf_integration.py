@@ -41,7 +41,7 @@ def test_auto_classes_resolve_to_hf_vit(tmp_path):
     assert type(transformers.AutoModelForImageClassification.from_pretrained(tmp_path)) is ViTForImageClassification
     assert isinstance(transformers.AutoImageProcessor.from_pretrained(tmp_path), ViTImageProcessor)
     config = json.loads((tmp_path / "config.json").read_text())
-    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForImageClassification", "AutoImageProcessor", "AutoBackbone", "AutoModelForMaskedImageModeling"}
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForImageClassification", "AutoImageProcessor", "AutoBackbone", "AutoModelForMaskedImageModeling", "AutoModelForPreTraining"}
     for name in ("configuration_hf_vit.py", "modeling_hf_vit.py", "image_processing_hf_vit.py"):
         assert (tmp_path / name).exists()
 

@@ -63,9 +63,11 @@ def test_the_remote_code_unit_imports_only_its_siblings():
 def test_model_arguments_are_derived_from_vit_config():
     parameters = set(inspect.signature(ViTConfig.__init__).parameters) - {"self", "kwargs"}
     fields = {f.name: f for f in dataclasses.fields(ModelArguments)}
-    # Every architecture field of the config is a recipe option (the three left out are set by the recipes).
-    assert parameters - set(fields) == {"mpp_target", "head_zero_init", "initializer_range"}
-    assert set(ARCHITECTURE_FIELDS) == parameters - {"mpp_target", "head_zero_init", "initializer_range"}
+    # Every architecture field of the config is a recipe option (the ones left out are set by the recipes).
+    recipe_set = {"mpp_target", "head_zero_init", "initializer_range", "mask_ratio", "norm_pix_loss", "image_mean",
+                  "image_std"}
+    assert parameters - set(fields) == recipe_set
+    assert set(ARCHITECTURE_FIELDS) == parameters - recipe_set
     # ... typed from the config's docstring, so the command line converts values as the config expects them.
     model_args, _, _ = parse_recipe_args(
         (ModelArguments, DataArguments, TrainArguments),

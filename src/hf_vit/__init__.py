@@ -11,6 +11,7 @@ from transformers import (
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForMaskedImageModeling,
+    AutoModelForPreTraining,
 )
 from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
 from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPING
@@ -20,6 +21,7 @@ from .image_processing_hf_vit import ViTImageProcessor
 from .modeling_hf_vit import (
     ViTBackbone,
     ViTForImageClassification,
+    ViTForMaskedAutoencoding,
     ViTForMaskedPatchPrediction,
     ViTModel,
     ViTPreTrainedModel,
@@ -37,6 +39,8 @@ def _register():
     # The paper's masked patch prediction is hf_vit's masked-image-modeling head (transformers' SimMIM has the slot
     # for its own ViT).
     AutoModelForMaskedImageModeling.register(ViTConfig, ViTForMaskedPatchPrediction, exist_ok=True)
+    # MAE takes the pre-training slot, where transformers registers its ViTMAEForPreTraining.
+    AutoModelForPreTraining.register(ViTConfig, ViTForMaskedAutoencoding, exist_ok=True)
     # NOTE: straight into the mapping rather than `AutoImageProcessor.register`, which first looks the config class up
     # by *name* and so loads transformers' own ViT processors, whose torchvision backend then warns on every import
     # that torchvision is missing. Registering both backends replaces that lookup's result entirely anyway.
@@ -53,6 +57,7 @@ def _register():
     ViTForImageClassification.register_for_auto_class("AutoModelForImageClassification")
     ViTBackbone.register_for_auto_class("AutoBackbone")
     ViTForMaskedPatchPrediction.register_for_auto_class("AutoModelForMaskedImageModeling")
+    ViTForMaskedAutoencoding.register_for_auto_class("AutoModelForPreTraining")
     ViTImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 
@@ -64,6 +69,7 @@ __all__ = [
     "ViTBackbone",
     "ViTConfig",
     "ViTForImageClassification",
+    "ViTForMaskedAutoencoding",
     "ViTForMaskedPatchPrediction",
     "ViTImageProcessor",
     "ViTModel",

@@ -41,11 +41,17 @@ WEIGHT_STANDARDIZATION_STYLES = ("std_plus_eps", "sqrt_var_plus_eps")
 # Masked patch prediction targets (appendix B.1.2): 3-bit mean colour (the paper's), 4x4 sub-patch 3-bit colours,
 # or L2 regression of the patch's pixels.
 MPP_TARGETS = ("mean_color", "downsampled", "pixels")
+# The 2-D sin-cos position table's frequencies: big_vision's w_k = T^(-k / (D/4 - 1)) or MAE's w_k = T^(-k / (D/4)).
+SINCOS_STYLES = ("big_vision", "mae")
 # The block's MLP: "dense" (fc1, activation, fc2: the paper's) or "gated" (activation(x W_gate) * (x W_up), then fc2:
 # with hidden_act="silu" the SwiGLU MLP of DINOv2-g).
 MLP_TYPES = ("dense", "gated")
 # The paper's names for the pooling ("classifier" in the reference code) map onto `pooling`.
 _CLASSIFIER_ALIASES = {"token": "cls", "gap": "gap"}
+
+# ViTImageProcessor's normalisation (the paper's [-1, 1] input): what `ViTConfig.image_mean` / `image_std` default to.
+DEFAULT_IMAGE_MEAN = (0.5, 0.5, 0.5)
+DEFAULT_IMAGE_STD = (0.5, 0.5, 0.5)
 
 # The ResNet stem downsamples 4x (7x7/2 conv, 3x3/2 max-pool); every stage after the first halves again.
 STEM_STRIDE = 4
@@ -53,6 +59,13 @@ STEM_STRIDE = 4
 _VARIANT_PATTERN = re.compile(r"^(?:ViT-)?(?P<size>Ti|S|B|L|H)/(?P<patch>\d+)$")
 # Any stage list: "R[3,4,9]+B/1" (the number after "/" is the patch size on the feature map), "R[]+Ti/8".
 _HYBRID_PATTERN = re.compile(r"^R\[(?P<depths>[\d,\s]*)\]\+(?:ViT-)?(?P<size>Ti|S|B|L|H)/(?P<patch>\d+)$")
+
+
+def _as_list(value):
+    """A number or a sequence of numbers as a list (how the processor's `image_mean` / `image_std` are stored)."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
 
 
 def as_pair(value):
@@ -169,6 +182,11 @@ class ViTConfig(BackboneConfigMixin, PreTrainedConfig):
             Keys kernel with a = -0.5 in both directions; without it a = -0.75). transformers' DeiT, ViT-MAE and
             DINOv2 resample with bicubic, `align_corners=False`, no antialias; DINOv2 with registers and timm with
             antialias.
+        position_embedding_sincos_style (`str`, *optional*, defaults to `"big_vision"`):
+            The frequencies of `"sincos_2d"`: `"big_vision"` (big_vision's `posemb_sincos_2d`, MoCo v3:
+            w_k = 10000^(-k / (D/4 - 1)), k = 0..D/4-1) or `"mae"` (MAE's `get_2d_sincos_pos_embed`:
+            w_k = 10000^(-k / (D/4))). Both lay each patch out as [sin(x w), cos(x w), sin(y w), cos(y w)] with x the
+            column and y the row.
         backbone_depths (`list[int]`, *optional*):
             The hybrid (section 3.1): `None` for the plain ViT; otherwise the number of bottleneck units of each
             ResNet stage after the stem (`[]` = the stem alone, `[3, 4, 9]` = R50+B/16's, `[3, 4, 6, 3]` = ResNet-50).
@@ -193,6 +211,26 @@ class ViTConfig(BackboneConfigMixin, PreTrainedConfig):
             head's shape: `"mean_color"` (its mean colour, each channel quantised to 3 bits: 512 classes for RGB, the
             paper's), `"downsampled"` (the patch pooled to 4x4 sub-patches, 16 predictions of 512 colours) or
             `"pixels"` (L2 regression of the patch's values). The other model classes ignore it.
+        image_mean (`list[float]`, *optional*, defaults to `[0.5, 0.5, 0.5]`), image_std (`list[float]`, *optional*, defaults to `[0.5, 0.5, 0.5]`):
+            The normalisation of the image processor the model is used with (1 or `num_channels` values each), which
+            `ViTForMaskedPatchPrediction` inverts to compute its colour targets from `pixel_values` (`pixel_values *
+            image_std + image_mean` is the image in [0, 1]). The defaults are `ViTImageProcessor`'s; the recipes
+            record their processor's values here (`record_image_normalization`) before the model is trained and saved.
+        decoder_hidden_size (`int`, *optional*, defaults to 512):
+            For `ViTForMaskedAutoencoding` (MAE): width of the decoder (MAE's and transformers' ViT-MAE default).
+        decoder_num_hidden_layers (`int`, *optional*, defaults to 8):
+            For `ViTForMaskedAutoencoding`: number of decoder blocks.
+        decoder_num_attention_heads (`int`, *optional*, defaults to 16):
+            For `ViTForMaskedAutoencoding`: heads per decoder attention layer; must divide `decoder_hidden_size`.
+        decoder_intermediate_size (`int`, *optional*, defaults to 2048):
+            For `ViTForMaskedAutoencoding`: hidden width of the decoder blocks' MLP.
+        mask_ratio (`float`, *optional*, defaults to 0.75):
+            For `ViTForMaskedAutoencoding`: the share of each image's patches hidden from the encoder when the model
+            draws the masking itself (MAE's 75%; transformers' ViT-MAE `mask_ratio`). `int(N * (1 - mask_ratio))`
+            patches are kept. Masked patch prediction's rate is its collator's (`MaskedPatchArguments.mask_ratio`).
+        norm_pix_loss (`bool`, *optional*, defaults to `True`):
+            For `ViTForMaskedAutoencoding`: reconstruct each masked patch's pixels normalised by the patch's own mean
+            and standard deviation (MAE's default, its better representation) rather than the raw `pixel_values`.
         out_features (`list[str]`, *optional*), out_indices (`list[int]`, *optional*):
             For `ViTBackbone`: which stages give feature maps, by name (`"stem"` = the embeddings, `"stage{i}"` =
             the output of block i) or index. Defaults to the last block.
@@ -249,6 +287,15 @@ class ViTConfig(BackboneConfigMixin, PreTrainedConfig):
         mlp_type="dense",
         layer_norm_after_pooling=False,
         position_embedding_antialias=False,
+        position_embedding_sincos_style="big_vision",
+        image_mean=None,
+        image_std=None,
+        decoder_hidden_size=512,
+        decoder_num_hidden_layers=8,
+        decoder_num_attention_heads=16,
+        decoder_intermediate_size=2048,
+        mask_ratio=0.75,
+        norm_pix_loss=True,
         **kwargs,
     ):
         classifier = kwargs.pop("classifier", None)
@@ -296,6 +343,15 @@ class ViTConfig(BackboneConfigMixin, PreTrainedConfig):
         self.mlp_type = mlp_type
         self.layer_norm_after_pooling = layer_norm_after_pooling
         self.position_embedding_antialias = position_embedding_antialias
+        self.position_embedding_sincos_style = position_embedding_sincos_style
+        self.image_mean = list(DEFAULT_IMAGE_MEAN) if image_mean is None else _as_list(image_mean)
+        self.image_std = list(DEFAULT_IMAGE_STD) if image_std is None else _as_list(image_std)
+        self.decoder_hidden_size = decoder_hidden_size
+        self.decoder_num_hidden_layers = decoder_num_hidden_layers
+        self.decoder_num_attention_heads = decoder_num_attention_heads
+        self.decoder_intermediate_size = decoder_intermediate_size
+        self.mask_ratio = mask_ratio
+        self.norm_pix_loss = norm_pix_loss
         # ViTBackbone's stage selection (transformers' BackboneConfigMixin); None until chosen, so a plain config's
         # JSON does not change. `stage_names` is derived from the depth (a property).
         out_features, out_indices = kwargs.pop("out_features", None), kwargs.pop("out_indices", None)
@@ -455,6 +511,8 @@ class ViTConfig(BackboneConfigMixin, PreTrainedConfig):
         _check_choice("position_embedding_interpolation", self.position_embedding_interpolation, INTERPOLATION_MODES)
         _check_choice("mpp_target", self.mpp_target, MPP_TARGETS)
         _check_choice("mlp_type", self.mlp_type, MLP_TYPES)
+        _check_choice("position_embedding_sincos_style", self.position_embedding_sincos_style, SINCOS_STYLES)
+        self._validate_masked_image_modeling()
         for name in (
             "qkv_bias", "use_class_token", "head_zero_init", "position_embedding_align_corners",
             "position_embedding_antialias", "use_distillation_token", "use_distillation_head",
@@ -488,6 +546,57 @@ class ViTConfig(BackboneConfigMixin, PreTrainedConfig):
                 f"`position_embedding_type='sincos_2d'` uses hidden_size/4 frequencies per sin/cos and axis: "
                 f"`hidden_size` must be a multiple of 4 and at least 8, got {self.hidden_size}."
             )
+
+    def _validate_masked_image_modeling(self):
+        """The processor normalisation masked patch prediction inverts, and the MAE decoder and objective."""
+        for name in ("image_mean", "image_std"):
+            values = getattr(self, name)
+            if len(values) not in (1, self.num_channels) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+            ):
+                raise ValueError(
+                    f"`{name}` must hold 1 or `num_channels` ({self.num_channels}) numbers (the image processor's "
+                    f"normalisation), got {values!r}."
+                )
+        if not all(v > 0 for v in self.image_std):
+            raise ValueError(f"`image_std` values must be positive, got {self.image_std!r}.")
+        for name in ("decoder_hidden_size", "decoder_num_hidden_layers", "decoder_num_attention_heads",
+                     "decoder_intermediate_size"):
+            _check_positive_int(name, getattr(self, name))
+        if self.decoder_hidden_size % self.decoder_num_attention_heads:
+            raise ValueError(
+                f"`decoder_hidden_size` ({self.decoder_hidden_size}) must be divisible by `decoder_num_attention_heads` "
+                f"({self.decoder_num_attention_heads})."
+            )
+        if self.decoder_hidden_size % 4:
+            raise ValueError(
+                f"`decoder_hidden_size` ({self.decoder_hidden_size}) must be a multiple of 4: the decoder's 2-D sin-cos "
+                "position table uses decoder_hidden_size/4 frequencies per sin/cos and axis."
+            )
+        ratio = self.mask_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
+            raise ValueError(f"`mask_ratio` must be a share of the patches in [0, 1) (MAE: 0.75), got {ratio!r}.")
+        if not isinstance(self.norm_pix_loss, bool):
+            raise ValueError(f"`norm_pix_loss` must be True or False, got {self.norm_pix_loss!r}.")
+
+    def record_image_normalization(self, image_processor) -> None:
+        """
+        Record the normalisation of the image processor this model is trained and saved with (`image_mean`,
+        `image_std`; mean 0 and std 1 when the processor does not normalise), so that the model can recover the
+        [0, 1] image from `pixel_values` (masked patch prediction's colour targets). The recipes call it for the
+        processor they save beside the model.
+        """
+        if getattr(image_processor, "do_normalize", True):
+            mean, std = _as_list(image_processor.image_mean), _as_list(image_processor.image_std)
+        else:
+            mean, std = [0.0], [1.0]
+        previous = (self.image_mean, self.image_std)
+        self.image_mean, self.image_std = [float(v) for v in mean], [float(v) for v in std]
+        try:
+            self._validate_masked_image_modeling()
+        except ValueError:
+            self.image_mean, self.image_std = previous
+            raise
 
     def _validate_prefix_tokens(self):
         registers = self.num_register_tokens
@@ -616,4 +725,4 @@ def _check_choice(name, value, allowed):
         raise ValueError(f"`{name}` must be one of {list(allowed)}, got {value!r}.")
 
 
-__all__ = ["HYBRID_VARIANTS", "ViTConfig", "VIT_VARIANTS"]
+__all__ = ["HYBRID_VARIANTS", "SINCOS_STYLES", "ViTConfig", "VIT_VARIANTS"]

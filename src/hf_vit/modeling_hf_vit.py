@@ -29,11 +29,13 @@ from transformers.utils import ModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import logging
 
-from .configuration_hf_vit import GRID_BOUND_POSITION_TYPES, ViTConfig, as_pair
+from .configuration_hf_vit import GRID_BOUND_POSITION_TYPES, MPP_TARGETS, ViTConfig, as_pair
 from .modeling_resnetv2 import ResNetV2Backbone
 from .transformers_vit_format import (
+    MAE_FIXED_TABLES,
     SUPPORTED_MODEL_TYPES,
     check_supported_model_type,
+    checkpoint_architectures,
     checkpoint_model_type,
     load_transformers_vit,
 )
@@ -79,6 +81,15 @@ def resample_position_embeddings(
     grid = F.interpolate(grid, size=new_grid, mode=mode, align_corners=align_corners, antialias=antialias)
     grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim).to(position_embeddings.dtype)
     return torch.cat([prefix, grid], dim=1)
+
+
+def _as_count(num_items_in_batch, device) -> torch.Tensor | int:
+    """`Trainer`'s `num_items_in_batch` (an int or a 0-d tensor) on the loss's device, refused when not positive."""
+    if torch.is_tensor(num_items_in_batch):
+        return num_items_in_batch.to(device)
+    if isinstance(num_items_in_batch, bool) or not isinstance(num_items_in_batch, int) or num_items_in_batch <= 0:
+        raise ValueError(f"`num_items_in_batch` must be a positive count, got {num_items_in_batch!r}.")
+    return num_items_in_batch
 
 
 def _check_num_labels(num_labels) -> None:
@@ -148,6 +159,27 @@ def sincos_2d_position_embeddings(grid: tuple[int, int], dim: int, temperature: 
     rows, cols = grid
     quarter = dim // 4
     omega = 1.0 / temperature ** (torch.arange(quarter, dtype=torch.float64) / (quarter - 1))  # (dim/4,)
+    y, x = torch.meshgrid(
+        torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64), indexing="ij"
+    )  # (rows, cols) each
+    x = x.reshape(-1, 1) * omega  # (N, dim/4)
+    y = y.reshape(-1, 1) * omega
+    table = torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)  # (N, dim)
+    return table.float().unsqueeze(0)
+
+
+def mae_sincos_2d_position_embeddings(grid: tuple[int, int], dim: int, temperature: float = 10_000.0) -> torch.Tensor:
+    """
+    MAE's fixed 2D sin-cos position embeddings, (1, rows * cols, dim): MAE's `get_2d_sincos_pos_embed` (He et al.,
+    "Masked Autoencoders Are Scalable Vision Learners"; transformers' ViT-MAE), per patch concat(sin(x * w),
+    cos(x * w), sin(y * w), cos(y * w)) with x the column, y the row and dim/4 frequencies
+    w_k = temperature ** (-k / (dim/4)). It differs from big_vision's table (`sincos_2d_position_embeddings`) only in
+    that denominator. MAE gives the class token a zero row, i.e. no position embedding: the caller adds this table to
+    the patch tokens only.
+    """
+    rows, cols = grid
+    quarter = dim // 4
+    omega = 1.0 / temperature ** (torch.arange(quarter, dtype=torch.float64) / quarter)  # (dim/4,)
     y, x = torch.meshgrid(
         torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64), indexing="ij"
     )  # (rows, cols) each
@@ -300,7 +332,10 @@ class ViTEmbeddings(nn.Module):
             row_table = row_table.view(1, rows, 1, half).expand(1, rows, cols, half)
             return torch.cat([columns, row_table], dim=-1).reshape(1, rows * cols, 2 * half)  # (1, N, D)
         if kind == "sincos_2d":
-            table = sincos_2d_position_embeddings(grid, self.config.hidden_size)
+            if self.config.position_embedding_sincos_style == "mae":
+                table = mae_sincos_2d_position_embeddings(grid, self.config.hidden_size)
+            else:
+                table = sincos_2d_position_embeddings(grid, self.config.hidden_size)
             reference = self.patch_embeddings.projection.weight
             return table.to(device=reference.device, dtype=reference.dtype)
         return None
@@ -921,6 +956,32 @@ class ViTPooler(nn.Module):
         return pooled
 
 
+# Why a keyword that transformers' image models take is refused by an hf_vit class (`_refuse_unused_keywords`).
+_MASKED_IMAGE_MODELING = (
+    "masked image modelling is ViTForMaskedPatchPrediction (the paper's objective, AutoModelForMaskedImageModeling: "
+    "`bool_masked_pos` or a corruption plan) or ViTForMaskedAutoencoding (MAE, AutoModelForPreTraining: "
+    "`bool_masked_pos` or `noise`)"
+)
+_KEYWORD_HINTS = {
+    "head_mask": (
+        "hf_vit does not mask attention heads (transformers 5 removed `head_mask` from its ViT too); to switch a head "
+        "off, zero its columns of the layer's `attention.o_proj.weight`"
+    ),
+    "attention_mask": "every token of an image attends to every other (an image has no padding), so there is no mask",
+    "bool_masked_pos": "{name} has no [mask] embedding; " + _MASKED_IMAGE_MODELING,
+    "noise": "{name} draws no random masking; " + _MASKED_IMAGE_MODELING,
+    "corrupted_positions": "{name} applies no corruption plan; " + _MASKED_IMAGE_MODELING,
+    "corruption_kind": "{name} applies no corruption plan; " + _MASKED_IMAGE_MODELING,
+    "replacement_index": "{name} applies no corruption plan; " + _MASKED_IMAGE_MODELING,
+    "labels": (
+        "{name} computes no loss from labels (ViTForImageClassification takes class labels, "
+        "ViTForMaskedPatchPrediction masked-patch targets; ViTForMaskedAutoencoding computes its pixel targets from "
+        "`pixel_values`)"
+    ),
+    "mask_ratio": "the share of masked patches is `config.mask_ratio` (ViTForMaskedAutoencoding)",
+}
+
+
 def _final_layer_norm(config: ViTConfig) -> nn.Module:
     """The LayerNorm over every token after the last block; none when it sits after the pooling instead."""
     if config.layer_norm_after_pooling:
@@ -995,6 +1056,8 @@ class ViTPreTrainedModel(PreTrainedModel):
         elif isinstance(module, ViTForMaskedPatchPrediction):
             # NOTE: the paper gives no initialisation for the [mask] embedding; BERT's N(0, 0.02), as the positions.
             init.normal_(module.mask_token, std=self.config.initializer_range)
+        elif isinstance(module, ViTMaskedAutoencoderDecoder):
+            init.normal_(module.mask_token, std=0.02)  # MAE's
         elif isinstance(module, ViTMAPHead):
             # big_vision: xavier_uniform over the (1, 1, D) probe, i.e. fan_in 1, fan_out D.
             bound = math.sqrt(6.0 / (1 + module.probe.shape[-1]))
@@ -1028,6 +1091,21 @@ class ViTPreTrainedModel(PreTrainedModel):
             config.output_hidden_states if output_hidden_states is None else output_hidden_states,
             config.return_dict if return_dict is None else return_dict,
         )
+
+    def _refuse_unused_keywords(self, kwargs: dict) -> None:
+        """
+        The forward's `**kwargs` accept what generic callers pass: `num_items_in_batch` (transformers' `Trainer`, read
+        by the heads' losses; nothing to do where there is no loss) and keywords set to None (nothing asked). Any
+        other keyword would be dropped silently, so it is refused with a `TypeError` that says what to use instead
+        (transformers' image models take several that hf_vit's classes do not: `head_mask`, `attention_mask`,
+        `bool_masked_pos` on the bare model, `noise`, ...).
+        """
+        name = type(self).__name__
+        for key, value in kwargs.items():
+            if key == "num_items_in_batch" or value is None:
+                continue
+            hint = _KEYWORD_HINTS.get(key, "it is not an argument of this model")
+            raise TypeError(f"{name}.forward() got an unexpected keyword argument {key!r}: {hint.format(name=name)}.")
 
     # ----------------------------------------------------------------------------------------------------------------
     # Declarative training hints (the optimiser lives in hf_vit.training, never here).
@@ -1065,8 +1143,8 @@ class ViTPreTrainedModel(PreTrainedModel):
         for name, _ in self.named_parameters():
             if ".embeddings." in f".{name}":
                 ids[name] = 0
-            elif ".layers." in name:
-                ids[name] = int(name.split(".layers.")[1].split(".")[0]) + 1
+            elif ".encoder.layers." in f".{name}":  # the encoder's blocks (not MAE's decoder's)
+                ids[name] = int(name.split("encoder.layers.")[1].split(".")[0]) + 1
             else:
                 ids[name] = num_layers + 1
         return ids
@@ -1125,12 +1203,18 @@ class ViTPreTrainedModel(PreTrainedModel):
                 )
             model_type = checkpoint_model_type(pretrained_model_name_or_path, kwargs)
             check_supported_model_type(model_type, pretrained_model_name_or_path)
+            if model_type == "hf_vit" and hasattr(cls, "prepare_for_fine_tuning"):
+                kwargs = _mae_fine_tuning_head(pretrained_model_name_or_path, kwargs)
         try:
             if model_type in SUPPORTED_MODEL_TYPES:
-                task = "classification" if hasattr(cls, "prepare_for_fine_tuning") else "features"
+                task = getattr(cls, "_transformers_task", None) or (
+                    "classification" if hasattr(cls, "prepare_for_fine_tuning") else "features"
+                )
                 config, state_dict, kwargs = load_transformers_vit(
                     cls.config_class, pretrained_model_name_or_path, kwargs, task=task
                 )
+                if task == "pretraining":
+                    _check_mae_fixed_tables(config, state_dict, pretrained_model_name_or_path)
                 result = super().from_pretrained(None, *model_args, config=config, state_dict=state_dict, **kwargs)
             else:
                 result = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
@@ -1166,6 +1250,40 @@ class ViTPreTrainedModel(PreTrainedModel):
         return result
 
 
+def _mae_fine_tuning_head(path, kwargs: dict) -> dict:
+    """A classifier loaded from an hf_vit MAE folder gets MAE's fine-tuning head, as one loaded from transformers'
+    ViT-MAE does: the mean of the patch tokens, then a LayerNorm of its own in place of the encoder's final one
+    (MAE's main_finetune.py, timm's fc_norm), unless the caller chooses the pooling."""
+    if kwargs.get("config") is not None or "ViTForMaskedAutoencoding" not in checkpoint_architectures(path, kwargs):
+        return kwargs
+    if "pooling" in kwargs or "layer_norm_after_pooling" in kwargs:
+        return kwargs
+    logger.warning(
+        f"{path} is a masked autoencoder (MAE): built MAE's fine-tuning head (mean of the patch tokens, a new "
+        "LayerNorm in place of the encoder's final one, a new linear head); pass pooling= and "
+        "layer_norm_after_pooling= to choose another."
+    )
+    return {**kwargs, "pooling": "gap", "layer_norm_after_pooling": True}
+
+
+def _check_mae_fixed_tables(config: ViTConfig, state_dict: dict, where) -> None:
+    """ViT-MAE stores its fixed sin-cos position tables as parameters; hf_vit computes them. Drop them from the state
+    dict after checking they are MAE's tables (a checkpoint whose tables were trained cannot be reproduced)."""
+    widths = {MAE_FIXED_TABLES[0]: config.hidden_size, MAE_FIXED_TABLES[1]: config.decoder_hidden_size}
+    for key, width in widths.items():
+        stored = state_dict.pop(key, None)
+        if stored is None:
+            continue
+        table = mae_sincos_2d_position_embeddings(config.grid_size, width)  # (1, N, width)
+        expected = torch.cat([torch.zeros(1, 1, width), table], dim=1)  # MAE's zero class-token row first
+        if stored.shape != expected.shape or not torch.allclose(stored.float(), expected, atol=1e-5, rtol=0):
+            raise ValueError(
+                f"{where}: {key} is not MAE's fixed 2-D sin-cos table of shape {tuple(expected.shape)} (shape "
+                f"{tuple(stored.shape)}); ViTForMaskedAutoencoding computes that table and cannot hold another. "
+                "Load the encoder with ViTModel or ViTForImageClassification instead (they keep the stored table)."
+            )
+
+
 # What `save_pretrained` writes into `auto_map`: every Auto class hf_vit registers.
 AUTO_MAP = {
     "AutoConfig": "configuration_hf_vit.ViTConfig",
@@ -1173,6 +1291,7 @@ AUTO_MAP = {
     "AutoModelForImageClassification": "modeling_hf_vit.ViTForImageClassification",
     "AutoBackbone": "modeling_hf_vit.ViTBackbone",
     "AutoModelForMaskedImageModeling": "modeling_hf_vit.ViTForMaskedPatchPrediction",
+    "AutoModelForPreTraining": "modeling_hf_vit.ViTForMaskedAutoencoding",
     "AutoImageProcessor": "image_processing_hf_vit.ViTImageProcessor",
 }
 
@@ -1232,7 +1351,11 @@ class ViTModel(ViTPreTrainedModel):
             values still cover every token): the same numbers for about 1/L less work, and `last_hidden_state` holds those
             tokens only. Ignored when hidden states or attentions are requested, or for the other poolings (they read
             every token).
+
+        Other keywords (`head_mask`, `attention_mask`, `bool_masked_pos`, `labels`, ...) are refused with a
+        `TypeError` saying why, unless they are None; `num_items_in_batch` (from `Trainer`) is accepted.
         """
+        self._refuse_unused_keywords(kwargs)
         pixel_values, output_attentions, output_hidden_states, return_dict = self._forward_settings(
             pixel_values, output_attentions, output_hidden_states, return_dict
         )
@@ -1353,6 +1476,36 @@ class ViTForImageClassification(ViTPreTrainedModel):
         self.num_labels = config.num_labels
         return self
 
+    def _check_labels(self, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """The label shapes the loss takes (a wrong one would be broadcast or fail deep inside torch)."""
+        if not torch.is_tensor(labels):
+            labels = torch.as_tensor(labels)
+        batch, num_labels = logits.shape
+        problem = self.config.problem_type
+        shape = tuple(labels.shape)
+        if labels.ndim == 0 or shape[0] != batch:
+            raise ValueError(
+                f"`labels` must have one entry per image ({batch}): class indices of shape ({batch},), multi-label "
+                f"targets of shape ({batch}, {num_labels}) or regression values; got shape {shape}."
+            )
+        per_image = labels.numel() == batch  # (B,) or (B, 1)
+        if num_labels == 1 or problem == "regression":
+            if not per_image and shape != (batch, num_labels):
+                raise ValueError(f"Regression `labels` must have shape ({batch},) or ({batch}, {num_labels}), got {shape}.")
+        elif not labels.is_floating_point() or problem == "single_label_classification":
+            if labels.is_floating_point() or not per_image:
+                raise ValueError(
+                    f"Single-label `labels` must be integer class indices of shape ({batch},), got {labels.dtype} of "
+                    f"shape {shape} (multi-label targets are floats of shape ({batch}, {num_labels}) with "
+                    "`problem_type='multi_label_classification'`)."
+                )
+        elif shape != (batch, num_labels):
+            raise ValueError(
+                f"Multi-label `labels` must be float targets of shape ({batch}, {num_labels}), got shape {shape} "
+                f"(class indices are integers of shape ({batch},))."
+            )
+        return labels.to(logits.device)
+
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -1365,8 +1518,15 @@ class ViTForImageClassification(ViTPreTrainedModel):
     ) -> ImageClassifierOutput | tuple:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size,)` or `torch.FloatTensor` of shape `(batch_size, num_labels)`):
-            Class indices (single-label), multi-hot targets (multi-label) or values (regression, `num_labels == 1`).
+            Class indices (single-label, -100 to leave an image out), multi-hot targets (multi-label) or values
+            (regression, `num_labels == 1`).
+        num_items_in_batch (`int` or `torch.Tensor`, *optional*):
+            What transformers' `Trainer` passes with gradient accumulation: the number of label entries in all the
+            micro-batches of one optimiser step. The loss is then the sum over this batch's entries divided by it
+            (so the accumulated gradient is the mean over the step), instead of this batch's mean.
         """
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        self._refuse_unused_keywords(kwargs)
         return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.vit(
             pixel_values,
@@ -1385,7 +1545,11 @@ class ViTForImageClassification(ViTPreTrainedModel):
             logits = (extra["cls_logits"] + extra["distillation_logits"]) / 2
         loss = None
         if labels is not None:
-            loss = self.loss_function(labels, logits, self.config)
+            labels = self._check_labels(labels, logits)
+            loss = self.loss_function(labels, logits, self.config)  # the mean over this batch's label entries
+            if num_items_in_batch is not None:
+                count = labels.ne(-100).sum() if not labels.is_floating_point() else labels.numel()
+                loss = loss * (count / _as_count(num_items_in_batch, loss.device))
         output_class = DistilledImageClassifierOutput if extra else ImageClassifierOutput
         output = output_class(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions, **extra
@@ -1443,6 +1607,7 @@ class ViTBackbone(BackboneMixin, ViTPreTrainedModel):
             Images as produced by `ViTImageProcessor`; another size than `config.image_size` needs
             `interpolate_pos_encoding=True`, as for `ViTModel`.
         """
+        self._refuse_unused_keywords(kwargs)
         pixel_values, output_attentions, output_hidden_states, return_dict = self._forward_settings(
             pixel_values, output_attentions, output_hidden_states, return_dict
         )
@@ -1473,6 +1638,57 @@ MPP_SUB_PATCH_SIDE = 4  # "downsampled": a 4x4 grid of sub-patches
 MPP_SUB_PATCHES = MPP_SUB_PATCH_SIDE**2
 
 
+def patchify(pixels: torch.Tensor, patch_size) -> torch.Tensor:
+    """(B, C, H, W) -> (B, N, C, P_h, P_w) patches in the model's row-major token order."""
+    ph, pw = as_pair(patch_size)
+    batch, channels, height, width = pixels.shape
+    if height % ph or width % pw:
+        raise ValueError(f"Image size {height}x{width} is not divisible by the patch size {ph}x{pw}.")
+    x = pixels.reshape(batch, channels, height // ph, ph, width // pw, pw)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(batch, (height // ph) * (width // pw), channels, ph, pw)
+
+
+def quantize_colors(values: torch.Tensor, bits: int = MPP_COLOR_BITS) -> torch.Tensor:
+    """(..., C) colours in [0, 1] -> (...,) class ids: each channel to `bits` bits, channel 0 most significant."""
+    levels = 2**bits
+    q = (values.clamp(0.0, 1.0) * levels).floor().clamp(max=levels - 1).long()  # (..., C) in [0, levels)
+    channels = q.shape[-1]
+    weights = levels ** torch.arange(channels - 1, -1, -1, device=q.device)  # R * 64 + G * 8 + B for 3 channels
+    return (q * weights).sum(-1)
+
+
+def mpp_targets(pixels: torch.Tensor, patch_size, target: str = "mean_color") -> torch.Tensor:
+    """Masked patch prediction's targets for every patch, from unnormalised pixels (B, C, H, W) in [0, 1]
+    (appendix B.1.2).
+
+    mean_color:  (B, N) long, the 3-bit quantised mean colour (512 classes for RGB);
+    downsampled: (B, N, 16) long, the patch average-pooled to 4x4 sub-patches, each a 3-bit colour (adaptive pooling
+                 when the patch side is not a multiple of 4);
+    pixels:      (B, N, C * P_h * P_w) float, the patch itself (the L2-regression target).
+    """
+    if target not in MPP_TARGETS:
+        raise ValueError(f"`mpp_target` must be one of {list(MPP_TARGETS)}, got {target!r}.")
+    patches = patchify(pixels.float(), patch_size)  # (B, N, C, P, P)
+    batch, n, channels, ph, pw = patches.shape
+    if target == "mean_color":
+        return quantize_colors(patches.mean(dim=(-1, -2)))  # (B, N)
+    if target == "downsampled":
+        small = F.adaptive_avg_pool2d(patches.reshape(batch * n, channels, ph, pw), MPP_SUB_PATCH_SIDE)
+        small = small.reshape(batch, n, channels, MPP_SUB_PATCH_SIDE * MPP_SUB_PATCH_SIDE).transpose(-1, -2)
+        return quantize_colors(small)  # (B, N, 16)
+    return patches.reshape(batch, n, channels * ph * pw)
+
+
+def unnormalize_pixels(pixel_values: torch.Tensor, config: ViTConfig) -> torch.Tensor:
+    """Normalised (B, C, H, W) -> the image in [0, 1], inverting the processor's normalisation recorded in the config
+    (`image_mean`, `image_std`)."""
+    channels = pixel_values.shape[1]
+    shape = (1, -1, 1, 1)
+    mean = torch.tensor(config.image_mean, dtype=torch.float32, device=pixel_values.device).expand(channels)
+    std = torch.tensor(config.image_std, dtype=torch.float32, device=pixel_values.device).expand(channels)
+    return pixel_values.float() * std.view(shape) + mean.view(shape)
+
+
 @dataclass
 class MaskedPatchPredictionOutput(ModelOutput):
     """
@@ -1494,9 +1710,17 @@ class ViTForMaskedPatchPrediction(ViTPreTrainedModel):
     position a learned `[mask]` embedding, another patch's embedding, or no change), and a linear head predicts each
     corrupted patch's target from the encoder's output at that position; the loss covers those positions only.
 
-    The plan and the targets are drawn outside the model, by `hf_vit.training.mpp.masking.MaskedPatchCollator` (the
-    paper's 50% of the patches, 80/10/10 split, 3-bit mean colours); the model only applies them. `config.mpp_target`
-    fixes the head: "mean_color" (512 classes), "downsampled" (16 x 512) or "pixels" (C * P * P values, L2).
+    Two ways to say what is corrupted:
+    - the paper's plan (`corrupted_positions`, `corruption_kind`, `replacement_index`), drawn outside the model by
+      `hf_vit.training.mpp.masking.MaskedPatchCollator` (50% of the patches, 80/10/10 split) with its targets as
+      `labels`, as the recipes do;
+    - transformers' masked-image-modelling convention, `model(pixel_values, bool_masked_pos=mask)` (its `run_mim.py`):
+      the masked patches get the `[mask]` embedding and, without `labels`, the targets are computed here from
+      `pixel_values`, whose normalisation the config records (`image_mean`, `image_std`; ViTImageProcessor's 0.5 /
+      0.5 by default, the recipes write their processor's).
+
+    `config.mpp_target` fixes the head: "mean_color" (512 classes), "downsampled" (16 x 512) or "pixels" (C * P * P
+    values, L2).
 
     After pre-training, `ViTForImageClassification.from_pretrained(folder, num_labels=K, ignore_mismatched_sizes=True)`
     keeps the encoder and puts the paper's zero-initialised fine-tuning head on it.
@@ -1590,27 +1814,52 @@ class ViTForMaskedPatchPrediction(ViTPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
         **kwargs,
     ) -> MaskedPatchPredictionOutput | tuple:
         r"""
+        bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*):
+            transformers' masked-image-modelling convention (its `run_mim.py`, SimMIM): True (or 1) where a patch is
+            masked. Every masked patch embedding is replaced by the `[mask]` embedding (no 80/10/10 split: that needs
+            a plan), any number per image; the head predicts every patch, `logits` is `(batch_size, num_patches, ...)`
+            and the loss covers the masked patches.
         corrupted_positions (`torch.LongTensor` of shape `(batch_size, M)`):
-            Patch indices (row-major on the patch grid) to corrupt and predict. Without it nothing is corrupted and
-            the head predicts every patch (for inspection).
+            The paper's corruption plan (`hf_vit.training.mpp.masking`): patch indices (row-major on the patch grid) to
+            corrupt and predict. Without a plan or `bool_masked_pos` nothing is corrupted and the head predicts every
+            patch (for inspection; a loss only with `labels` for every patch).
         corruption_kind (`torch.LongTensor` of shape `(batch_size, M)`, *optional*):
             0: the `[mask]` embedding; 1: the embedding at `replacement_index`; 2: unchanged. Default: all 0.
         replacement_index (`torch.LongTensor` of shape `(batch_size, M)`, *optional*):
             Flat index `b * N + n` of the patch embedding (of this batch, before corruption) used where the kind is 1.
-        labels (`torch.Tensor`):
-            Targets at the corrupted positions: `(batch_size, M)` class ids for "mean_color", `(batch_size, M, 16)`
-            for "downsampled", `(batch_size, M, C * P * P)` values for "pixels".
+        labels (`torch.Tensor`, *optional*):
+            Targets at the predicted positions: with a plan `(batch_size, M)` class ids for "mean_color",
+            `(batch_size, M, 16)` for "downsampled", `(batch_size, M, C * P * P)` values for "pixels"; with
+            `bool_masked_pos` the same for every patch, `(batch_size, num_patches, ...)` (class ids -100 are left
+            out). Without labels, the targets are computed from `pixel_values` (`mpp_targets` of the image recovered
+            with `config.image_mean` / `config.image_std`), so a loop that passes only `pixel_values` and a mask
+            trains the model.
+        num_items_in_batch (`int` or `torch.Tensor`, *optional*):
+            From `Trainer` with gradient accumulation: the number of target entries in the step's micro-batches; the
+            loss is then this batch's sum divided by it rather than this batch's mean.
         """
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        self._refuse_unused_keywords(kwargs)
+        if bool_masked_pos is not None and corrupted_positions is not None:
+            raise ValueError(
+                "Pass either `bool_masked_pos` (transformers' convention: [mask] where True) or a corruption plan "
+                "(`corrupted_positions`, ...), not both."
+            )
         pixel_values, output_attentions, output_hidden_states, return_dict = self._forward_settings(
             pixel_values, output_attentions, output_hidden_states, return_dict
         )
         config, vit = self.config, self.vit
 
         patches, grid = vit.embeddings.embed_patches(pixel_values)  # (B, N, D), before any position information
-        if corrupted_positions is not None:
+        masked = None
+        if bool_masked_pos is not None:
+            masked = _check_bool_masked_pos(bool_masked_pos, patches.shape[:2], patches.device)  # (B, N) bool
+            patches = torch.where(masked[..., None], self.mask_token.to(patches.dtype), patches)
+        elif corrupted_positions is not None:
             patches = self.corrupt(patches, corrupted_positions, corruption_kind, replacement_index)
         embeddings = vit.embeddings.add_positions(patches, grid, bool(interpolate_pos_encoding))
         encoded = vit.encoder(embeddings, output_attentions=output_attentions, output_hidden_states=output_hidden_states)
@@ -1620,33 +1869,360 @@ class ViTForMaskedPatchPrediction(ViTPreTrainedModel):
             tokens = tokens.gather(1, index)  # (B, M, D)
         logits = self.mpp_head(tokens)
         if config.mpp_target == "downsampled":
-            logits = logits.view(*logits.shape[:2], MPP_SUB_PATCHES, -1)  # (B, M, 16, 512)
+            logits = logits.view(*logits.shape[:2], MPP_SUB_PATCHES, -1)  # (B, M or N, 16, 512)
 
         loss = None
-        if labels is not None:
-            labels = labels.to(logits.device)
-            if config.mpp_target == "pixels":
-                if labels.shape != logits.shape:
-                    raise ValueError(f"`labels` must have shape {tuple(logits.shape)} for 'pixels', got {tuple(labels.shape)}.")
-                loss = F.mse_loss(logits.float(), labels.float())
+        if masked is not None or corrupted_positions is not None:
+            if labels is None:
+                labels = mpp_targets(unnormalize_pixels(pixel_values, config), config.patch_hw, config.mpp_target)
+                if corrupted_positions is not None:
+                    labels = gather_positions(labels, corrupted_positions.long().to(labels.device))
             else:
-                if labels.shape != logits.shape[:-1]:
-                    raise ValueError(
-                        f"`labels` must have shape {tuple(logits.shape[:-1])} (class ids) for {config.mpp_target!r}, "
-                        f"got {tuple(labels.shape)}."
-                    )
-                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1).long())
+                labels = self._check_mpp_labels(labels.to(logits.device), logits)
+            if masked is not None:
+                logits_at, labels_at = logits[masked], labels[masked]  # (masked patches, ...)
+            else:
+                logits_at, labels_at = logits, labels
+            loss = self._mpp_loss(logits_at, labels_at, num_items_in_batch)
+        elif labels is not None:  # nothing corrupted: the loss over every patch's prediction
+            labels = self._check_mpp_labels(labels.to(logits.device), logits)
+            loss = self._mpp_loss(logits, labels, num_items_in_batch)
         output = MaskedPatchPredictionOutput(
             loss=loss, logits=logits, hidden_states=encoded.hidden_states, attentions=encoded.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _check_mpp_labels(self, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        target = self.config.mpp_target
+        if target == "pixels":
+            if labels.shape != logits.shape:
+                raise ValueError(f"`labels` must have shape {tuple(logits.shape)} for 'pixels', got {tuple(labels.shape)}.")
+            return labels
+        if labels.shape != logits.shape[:-1] or labels.is_floating_point():
+            raise ValueError(
+                f"`labels` must be class ids of shape {tuple(logits.shape[:-1])} for {target!r}, got "
+                f"{labels.dtype} of shape {tuple(labels.shape)}."
+            )
+        return labels
+
+    def _mpp_loss(self, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+        """Cross-entropy (mean squared error for "pixels") over the predicted entries: their mean, or their sum over
+        `num_items_in_batch`."""
+        if self.config.mpp_target == "pixels":
+            total = F.mse_loss(logits.float(), labels.float(), reduction="sum")
+            count = labels.numel()
+        else:
+            flat = labels.reshape(-1).long()
+            total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), flat, ignore_index=-100, reduction="sum")
+            count = flat.ne(-100).sum()
+        if num_items_in_batch is not None:
+            return total / _as_count(num_items_in_batch, total.device)
+        if not torch.is_tensor(count):
+            count = torch.tensor(count, device=total.device)
+        if int(count) == 0:
+            raise ValueError("The mask leaves no patch to predict (no masked patch with a target): mask at least one.")
+        return total / count
+
+
+def _check_bool_masked_pos(bool_masked_pos, shape: tuple[int, int], device) -> torch.Tensor:
+    """transformers' `bool_masked_pos` (B, N), bool or 0/1 integers (`run_mim.py` collates integer masks) -> bool."""
+    batch, num_patches = shape
+    if not torch.is_tensor(bool_masked_pos):
+        raise ValueError(f"`bool_masked_pos` must be a (batch, patches) tensor, got {type(bool_masked_pos).__name__}.")
+    if tuple(bool_masked_pos.shape) != (batch, num_patches):
+        raise ValueError(
+            f"`bool_masked_pos` must have shape (batch, patches) = ({batch}, {num_patches}), one entry per patch in "
+            f"row-major order; got {tuple(bool_masked_pos.shape)}."
+        )
+    if bool_masked_pos.dtype != torch.bool:
+        if bool_masked_pos.is_floating_point() or bool_masked_pos.is_complex():
+            raise ValueError(f"`bool_masked_pos` must be a bool or 0/1 integer tensor, got {bool_masked_pos.dtype}.")
+        if bool_masked_pos.numel() and not bool(((bool_masked_pos == 0) | (bool_masked_pos == 1)).all()):
+            raise ValueError("`bool_masked_pos` must hold only 0 and 1 (or False and True).")
+        bool_masked_pos = bool_masked_pos.bool()
+    return bool_masked_pos.to(device)
+
+
+def gather_positions(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """(B, N, ...) per-patch values at (B, M) positions -> (B, M, ...)."""
+    index = positions.view(*positions.shape, *([1] * (values.ndim - 2))).expand(-1, -1, *values.shape[2:])
+    return values.gather(1, index)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Masked autoencoder (He et al., "Masked Autoencoders Are Scalable Vision Learners", 2021): beyond the paper, its
+# successor in masked image modelling.
+
+
+def mae_patch_pixels(pixels: torch.Tensor, patch_size) -> torch.Tensor:
+    """(B, C, H, W) -> (B, N, P_h * P_w * C): each patch's pixels in MAE's order (row, column, channel), the layout of
+    MAE's and transformers' `patchify` and of the decoder's predictions."""
+    patches = patchify(pixels, patch_size)  # (B, N, C, P_h, P_w)
+    return patches.permute(0, 1, 3, 4, 2).reshape(*patches.shape[:2], -1)
+
+
+def mae_unpatch_pixels(patches: torch.Tensor, grid: tuple[int, int], patch_size, num_channels: int) -> torch.Tensor:
+    """The inverse of `mae_patch_pixels`: (B, N, P_h * P_w * C) on a (rows, cols) grid -> (B, C, H, W)."""
+    (ph, pw), (rows, cols) = as_pair(patch_size), grid
+    x = patches.reshape(patches.shape[0], rows, cols, ph, pw, num_channels)
+    return x.permute(0, 5, 1, 3, 2, 4).reshape(patches.shape[0], num_channels, rows * ph, cols * pw)
+
+
+def mae_pixel_targets(pixel_values: torch.Tensor, patch_size, norm_pix_loss: bool = True, eps: float = 1e-6) -> torch.Tensor:
+    """MAE's reconstruction targets (B, N, P_h * P_w * C) from the model's input: each patch's pixels, with
+    `norm_pix_loss` normalised by the patch's own mean and (unbiased, as MAE's `var`) variance + eps."""
+    target = mae_patch_pixels(pixel_values.float(), patch_size)
+    if norm_pix_loss:
+        mean = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, keepdim=True)
+        target = (target - mean) / (var + eps) ** 0.5
+    return target
+
+
+@dataclass
+class MaskedAutoencoderOutput(ModelOutput):
+    """
+    The fields of transformers' `ViTMAEForPreTrainingOutput`, in its order.
+
+    loss: the mean squared error of the masked patches' reconstruction (per-patch normalised pixels with
+        `config.norm_pix_loss`), averaged over the pixels of a patch, then over the masked patches; None when nothing
+        is masked.
+    logits: (B, N, P * P * C) the decoder's prediction for every patch, pixels in (row, column, channel) order
+        (`mae_unpatch_pixels` lays them out as an image).
+    mask: (B, N) 1.0 where the patch was hidden from the encoder, 0.0 where it was kept.
+    ids_restore: (B, N) where each patch sits in the shuffled order (kept first): `argsort` of the shuffle.
+    hidden_states, attentions: the encoder's, on the prefix tokens and the kept patches only.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    mask: torch.FloatTensor | None = None
+    ids_restore: torch.LongTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class _DecoderConfig:
+    """
+    The model's config as the MAE decoder's blocks see it: the decoder's width, depth, heads and MLP width, and no
+    stochastic depth, LayerScale or relative positions; every other field (activation, eps, qkv bias, dropout, and
+    the attention implementation, which `set_attn_implementation` may change after building) is read live from the
+    model's config.
+    """
+
+    def __init__(self, config: ViTConfig):
+        self._config = config
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name == "_config":  # copy / pickle probing an instance without `_config`
+            raise AttributeError(name)
+        return getattr(self._config, name)
+
+    hidden_size = property(lambda self: self._config.decoder_hidden_size)
+    num_attention_heads = property(lambda self: self._config.decoder_num_attention_heads)
+    intermediate_size = property(lambda self: self._config.decoder_intermediate_size)
+    num_hidden_layers = property(lambda self: self._config.decoder_num_hidden_layers)
+    head_dim = property(lambda self: self._config.decoder_hidden_size // self._config.decoder_num_attention_heads)
+    drop_path_rate = 0.0
+    layer_scale_init_value = None
+    position_embedding_type = "none"  # the decoder's positions are added once, before its first block
+
+
+class ViTMaskedAutoencoderDecoder(nn.Module):
+    """
+    MAE's decoder: (B, prefix + K, D) encoded prefix and kept tokens -> (B, N, P * P * C) pixel predictions.
+
+    A linear map to the decoder width, a learned `[mask]` token at every hidden patch, the tokens put back in grid
+    order (`ids_restore`), MAE's fixed 2-D sin-cos position embeddings added to the patch tokens (the prefix tokens
+    get none: MAE's zero row), `decoder_num_hidden_layers` pre-LN blocks, a LayerNorm and a linear map to each patch's
+    pixels.
+    """
+
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        view = _DecoderConfig(config)
+        width = config.decoder_hidden_size
+        self.num_prefix_tokens = config.num_prefix_tokens
+        self.embed = _declare_init(nn.Linear(config.hidden_size, width), "xavier_uniform")
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.layers = nn.ModuleList([ViTLayer(view, i) for i in range(config.decoder_num_hidden_layers)])
+        self.layernorm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        ph, pw = config.patch_hw
+        self.pred = _declare_init(nn.Linear(width, ph * pw * config.num_channels), "xavier_uniform")
+
+    def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        x = self.embed(latent)  # (B, prefix + K, Dd)
+        prefix, kept = x[:, : self.num_prefix_tokens], x[:, self.num_prefix_tokens :]
+        batch, num_patches = ids_restore.shape
+        masks = self.mask_token.to(x.dtype).expand(batch, num_patches - kept.shape[1], -1)
+        patches = gather_tokens(torch.cat([kept, masks], dim=1), ids_restore)  # (B, N, Dd) in grid order
+        table = mae_sincos_2d_position_embeddings(grid, x.shape[-1]).to(device=x.device, dtype=x.dtype)
+        x = torch.cat([prefix, patches + table], dim=1)  # (B, prefix + N, Dd)
+        for layer in self.layers:
+            x, _ = layer(x)
+        return self.pred(self.layernorm(x[:, self.num_prefix_tokens :]))  # (B, N, P * P * C)
+
+
+class ViTForMaskedAutoencoding(ViTPreTrainedModel):
+    r"""
+    The masked autoencoder (MAE; He et al., 2021) on hf_vit's encoder: a random `config.mask_ratio` (75%) of each
+    image's patches is hidden, the encoder runs on the prefix tokens and the kept patches only (after their position
+    embeddings are added), and a light decoder (`config.decoder_*`) reconstructs the pixels of every patch; the loss is
+    the mean squared error on the hidden patches, of their pixels normalised per patch (`config.norm_pix_loss`, MAE's
+    default) or of the raw `pixel_values`. transformers' `ViTMAEForPreTraining` computes the same from the same
+    weights and `noise` (`from_pretrained` loads its checkpoints, decoder included).
+
+    The masking: drawn by the model (torch's global generator) when none is given, as transformers does; from the
+    caller's `noise` (B, N) (the patches with the smallest noise are kept, transformers' convention), or from
+    `bool_masked_pos` (B, N) (True: hidden; the same count for every image).
+
+    MAE's own setting is `position_embedding_type="sincos_2d"` with `position_embedding_sincos_style="mae"` (fixed
+    positions), a class token and exact GELU with LayerNorm eps 1e-6 (`recipes/configs/fashion_mnist_mae.yaml`); any
+    plain ViT config works. `ViTForImageClassification.from_pretrained(folder, num_labels=K,
+    ignore_mismatched_sizes=True)` fine-tunes the encoder with MAE's fine-tuning head (mean of the patch tokens, then
+    a LayerNorm of its own, `pooling="gap", layer_norm_after_pooling=True`); the decoder is dropped.
+
+    NOTE: the encoder and the decoder blocks keep hf_vit's (the ViT reference's) initialisation; MAE's differs in
+    detail (xavier over the fused qkv kernel, N(0, 0.02) class token). The decoder's own layers follow MAE: xavier
+    linear maps, N(0, 0.02) `[mask]` token. Hybrids are refused (their tokens see their neighbours' pixels), and so is
+    `position_embedding_type="relative"` (its attention bias is laid out on the whole grid); `patch_drop_rate` is not
+    applied (MAE's masking already drops 75% of the tokens).
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from hf_vit import ViTConfig, ViTForMaskedAutoencoding
+    >>> config = ViTConfig(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+    ...                    intermediate_size=128, decoder_hidden_size=32, decoder_num_hidden_layers=1,
+    ...                    decoder_num_attention_heads=4, decoder_intermediate_size=64)
+    >>> out = ViTForMaskedAutoencoding(config)(torch.randn(2, 3, 32, 32))
+    >>> out.logits.shape, int(out.mask.sum(1)[0])  # 16 patches, 12 hidden
+    (torch.Size([2, 16, 192]), 12)
+    ```
+    """
+
+    _transformers_task = "pretraining"  # what `from_pretrained` builds from transformers' ViT-MAE: encoder and decoder
+
+    def __init__(self, config: ViTConfig):
+        super().__init__(config)
+        if config.is_hybrid:
+            raise ValueError(
+                "ViTForMaskedAutoencoding needs a plain ViT (`backbone_depths=None`): a hybrid's tokens are ResNet "
+                "features with overlapping receptive fields, so hiding a token does not hide its patch."
+            )
+        if config.position_embedding_type == "relative":
+            raise ValueError(
+                "ViTForMaskedAutoencoding runs the encoder on the kept patches only, which `position_embedding_type="
+                "'relative'` cannot follow (its attention bias is laid out on the whole grid); use 'sincos_2d' "
+                "(MAE's), 'learned_1d', 'learned_2d' or 'none'."
+            )
+        if config.layer_norm_after_pooling:
+            raise ValueError(
+                "ViTForMaskedAutoencoding's decoder reads the encoder's tokens after its final LayerNorm: set "
+                "`layer_norm_after_pooling=False` (MAE's fine-tuning pooling is chosen when the classifier is loaded)."
+            )
+        self.vit = ViTModel(config, add_pooling_layer=False)
+        self.decoder = ViTMaskedAutoencoderDecoder(config)
+        self.post_init()
+
+    def num_kept(self, num_patches: int) -> int:
+        """Patches the encoder sees when the model draws the masking: `int(N * (1 - mask_ratio))`, at least 1."""
+        return max(1, int(num_patches * (1 - self.config.mask_ratio)))
+
+    def masking_order(self, batch: int, num_patches: int, device, noise=None, bool_masked_pos=None):
+        """(B, N) patch order, kept patches first (each group in grid order for `bool_masked_pos`), and the number kept."""
+        if bool_masked_pos is not None:
+            masked = _check_bool_masked_pos(bool_masked_pos, (batch, num_patches), device)
+            hidden = masked.sum(dim=1)
+            if bool((hidden != hidden[0]).any()):
+                raise ValueError(
+                    "`bool_masked_pos` must hide the same number of patches in every image (MAE's encoder takes the "
+                    f"same number of kept tokens from each), got {sorted(set(hidden.tolist()))} per image."
+                )
+            if int(hidden[0]) == num_patches:
+                raise ValueError("`bool_masked_pos` hides every patch; the encoder needs at least one.")
+            order = torch.argsort(masked.to(torch.int8), dim=1, stable=True)  # kept (0) first, grid order kept
+            return order, num_patches - int(hidden[0])
+        if noise is not None:
+            if not torch.is_tensor(noise) or not noise.is_floating_point():
+                raise ValueError(f"`noise` must be a float tensor of shape ({batch}, {num_patches}), got {noise!r:.80}.")
+            noise = noise.to(device)
+        return random_patch_order(batch, num_patches, device, noise), self.num_kept(num_patches)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
+        **kwargs,
+    ) -> MaskedAutoencoderOutput | tuple:
+        r"""
+        noise (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
+            Fixes the masking (transformers' ViT-MAE convention): per image the `int(N * (1 - mask_ratio))` patches
+            with the smallest noise are kept. Drawn uniformly when neither this nor `bool_masked_pos` is given.
+        bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*):
+            True (or 1) for the patches to hide, the same number in every image.
+        interpolate_pos_encoding (`bool`, *optional*):
+            Another input size than `config.image_size` with learned position embeddings (sin-cos ones, MAE's and
+            the decoder's, are computed for any grid).
+        num_items_in_batch (`int` or `torch.Tensor`, *optional*):
+            With gradient accumulation: the number of masked patches in the step's micro-batches; the loss is then
+            this batch's sum over its masked patches divided by it.
+        """
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        self._refuse_unused_keywords(kwargs)
+        if noise is not None and bool_masked_pos is not None:
+            raise ValueError("Pass either `noise` (the model keeps the patches with the least) or `bool_masked_pos`, not both.")
+        pixel_values, output_attentions, output_hidden_states, return_dict = self._forward_settings(
+            pixel_values, output_attentions, output_hidden_states, return_dict
+        )
+        config, vit = self.config, self.vit
+        prefix = config.num_prefix_tokens
+
+        patches, grid = vit.embeddings.embed_patches(pixel_values)  # (B, N, D)
+        batch, num_patches = patches.shape[:2]
+        order, keep = self.masking_order(batch, num_patches, patches.device, noise, bool_masked_pos)  # (B, N)
+        ids_restore = order.argsort(dim=1)  # (B, N)
+        embeddings = vit.embeddings.add_positions(patches, grid, bool(interpolate_pos_encoding))  # (B, prefix + N, D)
+        kept = gather_tokens(embeddings[:, prefix:], order[:, :keep])  # (B, K, D), positions already added
+        encoded = vit.encoder(
+            torch.cat([embeddings[:, :prefix], kept], dim=1),
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        latent = vit.layernorm(encoded.last_hidden_state)  # (B, prefix + K, D)
+        logits = self.decoder(latent, ids_restore, grid)  # (B, N, P * P * C)
+
+        # 1.0 where hidden, in grid order (float, as transformers' mask).
+        mask = (ids_restore >= keep).to(torch.float32)
+        loss = None
+        if keep < num_patches:
+            target = mae_pixel_targets(pixel_values, config.patch_hw, config.norm_pix_loss)
+            per_patch = (logits.float() - target).pow(2).mean(dim=-1)  # (B, N)
+            total = (per_patch * mask).sum()
+            if num_items_in_batch is not None:
+                loss = total / _as_count(num_items_in_batch, total.device)
+            else:
+                loss = total / mask.sum()
+        output = MaskedAutoencoderOutput(
+            loss=loss, logits=logits, mask=mask, ids_restore=ids_restore, hidden_states=encoded.hidden_states,
+            attentions=encoded.attentions,
         )
         return output if return_dict else output.to_tuple()
 
 
 __all__ = [
     "DistilledImageClassifierOutput",
+    "MaskedAutoencoderOutput",
     "MaskedPatchPredictionOutput",
     "ViTBackbone",
     "ViTForImageClassification",
+    "ViTForMaskedAutoencoding",
     "ViTForMaskedPatchPrediction",
     "ViTModel",
     "ViTPreTrainedModel",

@@ -48,9 +48,10 @@ LOADING_KWARGS = HUB_KWARGS + (
 
 # The model types whose checkpoints hf_vit reproduces exactly (see the module docstring).
 SUPPORTED_MODEL_TYPES = ("vit", "vit_mae", "deit", "dinov2", "dinov2_with_registers")
-# What `from_pretrained` builds from such a folder: "features" for the bare model (and the backbone), or
-# "classification" for ViTForImageClassification.
-TASKS = ("features", "classification")
+# What `from_pretrained` builds from such a folder: "features" for the bare model (and the backbone),
+# "classification" for ViTForImageClassification, "pretraining" for ViTForMaskedAutoencoding (ViT-MAE only: the
+# encoder and its decoder).
+TASKS = ("features", "classification", "pretraining")
 
 # hf_vit name (within the base model) -> transformers 4.x name; q/k/v are fused into `qkv` separately. Export only.
 _LAYER_RENAMES_4X = {
@@ -132,6 +133,15 @@ def checkpoint_model_type(pretrained_model_name_or_path, kwargs) -> str | None:
     return config_dict.get("model_type")
 
 
+def checkpoint_architectures(pretrained_model_name_or_path, kwargs) -> list[str]:
+    """The `architectures` (the class that saved it) of the folder's or repo's config.json; [] when unknown."""
+    try:
+        config_dict, _ = PreTrainedConfig.get_config_dict(pretrained_model_name_or_path, **_hub_kwargs(kwargs))
+    except OSError:
+        return []
+    return list(config_dict.get("architectures") or [])
+
+
 def is_transformers_vit_config(pretrained_model_name_or_path, kwargs) -> bool:
     """Whether the folder or repo holds a transformers "vit" config (False when it holds no config at all)."""
     return checkpoint_model_type(pretrained_model_name_or_path, kwargs) == "vit"
@@ -179,6 +189,25 @@ _RESAMPLING = {
 }
 
 
+# transformers' ViTMAEConfig defaults for the decoder and the objective (a config.json may leave them out).
+_MAE_DEFAULTS = {
+    "decoder_hidden_size": 512,
+    "decoder_num_hidden_layers": 8,
+    "decoder_num_attention_heads": 16,
+    "decoder_intermediate_size": 2048,
+    "mask_ratio": 0.75,
+    "norm_pix_loss": False,
+}
+# ViT-MAE's decoder, outside its blocks: transformers name (within `decoder.`) -> hf_vit's (within `decoder.`).
+_MAE_DECODER = {
+    "decoder_embed": "embed",
+    "decoder_norm": "layernorm",
+    "decoder_pred": "pred",
+}
+# The fixed sin-cos tables ViT-MAE stores as parameters; hf_vit computes them (the loader checks they agree).
+MAE_FIXED_TABLES = ("vit.embeddings.position_embeddings", "decoder.position_embeddings")
+
+
 def _tanh_pooler_width(config_dict) -> int:
     if config_dict.get("pooler_act", "tanh") != "tanh":
         raise ValueError(
@@ -208,6 +237,11 @@ def config_from_transformers(config_dict: dict, weight_names, task: str = "featu
     check_supported_model_type(model_type, "The config")
     if task not in TASKS:
         raise ValueError(f"`task` must be one of {list(TASKS)}, got {task!r}.")
+    if task == "pretraining" and model_type != "vit_mae":
+        raise ValueError(
+            f"Only transformers' ViT-MAE checkpoints hold a pre-training decoder (ViTForMaskedAutoencoding); this one is "
+            f"{model_type!r}: load it with ViTModel or ViTForImageClassification."
+        )
     names = set(weight_names)
     has = lambda suffix: any(n == suffix or n.endswith("." + suffix) for n in names)  # noqa: E731
     notes = []
@@ -222,7 +256,13 @@ def config_from_transformers(config_dict: dict, weight_names, task: str = "featu
             out["representation_size"] = _tanh_pooler_width(config_dict)
     elif model_type == "vit_mae":
         out["use_class_token"] = True
-        if task == "classification":
+        if task == "pretraining":
+            # The whole pre-training model: MAE's fixed sin-cos positions (checked against the stored tables when the
+            # weights are loaded), the decoder and the objective.
+            out.update(pooling="gap", position_embedding_type="sincos_2d", position_embedding_sincos_style="mae")
+            for name, default in _MAE_DEFAULTS.items():
+                out[name] = config_dict.get(name, default)
+        elif task == "classification":
             # NOTE: MAE's fine-tuning (its main_finetune.py, timm's fc_norm): average the patch tokens, then a fresh
             # LayerNorm; the encoder's final LayerNorm is not used.
             out.update(pooling="gap", layer_norm_after_pooling=True)
@@ -258,19 +298,36 @@ def config_from_transformers_vit(config_dict: dict, has_pooler: bool) -> dict:
     return fields
 
 
-def state_dict_from_transformers(state_dict: dict) -> tuple[dict, list[str]]:
+def state_dict_from_transformers(state_dict: dict, keep_decoder: bool = False) -> tuple[dict, list[str]]:
     """
     Tensors of any `SUPPORTED_MODEL_TYPES` checkpoint (4.x or 5.x names, with or without the base model's prefix) ->
     (hf_vit-named tensors, the source keys dropped on purpose: MAE's decoder, the pre-training mask token).
 
-    The base model's prefix (`vit.`, `deit.`, `dinov2.`, ...) becomes hf_vit's `vit.`; bare keys stay bare. Raises a
-    `ValueError` listing any key it does not know, rather than dropping it silently.
+    The base model's prefix (`vit.`, `deit.`, `dinov2.`, ...) becomes hf_vit's `vit.`; bare keys stay bare. With
+    `keep_decoder`, ViT-MAE's decoder becomes `ViTForMaskedAutoencoding`'s `decoder.` (its fixed position table as
+    `decoder.position_embeddings`, for the loader to check and drop). Raises a `ValueError` listing any key it does
+    not know, rather than dropping it silently.
     """
     out, pending, unknown, dropped = {}, {}, [], []
     for key, tensor in state_dict.items():
         source_prefix = next((p for p in _BASE_PREFIXES if key.startswith(p)), "")
         bare = key[len(source_prefix) :]
         prefix = "vit." if source_prefix else ""
+        if keep_decoder and key.startswith("decoder."):
+            inner = key[len("decoder.") :]
+            module, _, param = inner.rpartition(".")
+            if inner == "mask_token":
+                out["decoder.mask_token"] = tensor
+            elif inner == "decoder_pos_embed":
+                out["decoder.position_embeddings"] = tensor
+            elif module in _MAE_DECODER:
+                out[f"decoder.{_MAE_DECODER[module]}.{param}"] = tensor
+            elif inner.startswith(("decoder_layers.", "decoder_encoder.layer.")):
+                # 4.x files and 5.x memory: `decoder_layers.N`; transformers 5 writes `decoder_encoder.layer.N`.
+                _translate_layer_key(inner[len("decoder_") :], tensor, "decoder.layers.", out, pending, unknown, key)
+            else:
+                unknown.append(key)
+            continue
         if any(bare.startswith(start) for start, _, _ in _DROPPED):
             dropped.append(key)
             continue
@@ -281,20 +338,7 @@ def state_dict_from_transformers(state_dict: dict) -> tuple[dict, list[str]]:
         if not source_prefix and head in _HEADS:
             out[f"{_HEADS[head]}.{param}"] = tensor
             continue
-        match = _LAYER.match(bare)
-        if match is None:
-            unknown.append(key)
-            continue
-        rest, target = match["rest"], f"{prefix}encoder.layers.{match['index']}."
-        module, _, param = rest.rpartition(".")
-        if module in _LAYER_MODULES:
-            out[target + f"{_LAYER_MODULES[module]}.{_PARAMETER_RENAMES.get(param, param)}"] = tensor
-        elif module in _QKV_PARTS:
-            pending.setdefault((target + "attention.qkv", param, 3), {})[_QKV_PARTS[module]] = tensor
-        elif module in _GATED_PARTS:
-            pending.setdefault((target + "mlp.fc1", param, 2), {})[_GATED_PARTS[module]] = tensor
-        else:
-            unknown.append(key)
+        _translate_layer_key(bare, tensor, f"{prefix}encoder.layers.", out, pending, unknown, key)
     if unknown:
         raise ValueError(
             f"Unknown keys in the transformers checkpoint: {unknown[:10]}{' ...' if len(unknown) > 10 else ''}"
@@ -304,6 +348,25 @@ def state_dict_from_transformers(state_dict: dict) -> tuple[dict, list[str]]:
             raise ValueError(f"The checkpoint has only {len(parts)} of the {count} fused parts of {target} ({param}).")
         out[f"{target}.{param}"] = torch.cat([parts[i] for i in range(count)], dim=0)
     return out, dropped
+
+
+def _translate_layer_key(bare, tensor, target_prefix, out, pending, unknown, key) -> None:
+    """One block tensor `layers.N.<module>.<param>` (or `encoder.layer.N...`) -> `<target_prefix>N.<hf_vit module>`;
+    q/k/v and gate/value parts wait in `pending` to be fused; anything else is recorded in `unknown`."""
+    match = _LAYER.match(bare)
+    if match is None:
+        unknown.append(key)
+        return
+    rest, target = match["rest"], f"{target_prefix}{match['index']}."
+    module, _, param = rest.rpartition(".")
+    if module in _LAYER_MODULES:
+        out[target + f"{_LAYER_MODULES[module]}.{_PARAMETER_RENAMES.get(param, param)}"] = tensor
+    elif module in _QKV_PARTS:
+        pending.setdefault((target + "attention.qkv", param, 3), {})[_QKV_PARTS[module]] = tensor
+    elif module in _GATED_PARTS:
+        pending.setdefault((target + "mlp.fc1", param, 2), {})[_GATED_PARTS[module]] = tensor
+    else:
+        unknown.append(key)
 
 
 def state_dict_from_transformers_vit(state_dict: dict) -> dict:
@@ -397,7 +460,7 @@ def load_transformers_vit(config_class, path, kwargs, task: str = "features"):
     config, unused = config_class.from_dict(fields, return_unused_kwargs=True, **kwargs)
     for name in HUB_KWARGS + ("use_safetensors", "weights_only"):
         loading.pop(name, None)
-    state_dict, dropped = state_dict_from_transformers(weights)
+    state_dict, dropped = state_dict_from_transformers(weights, keep_decoder=task == "pretraining")
     left_out = unused_by_config(config, state_dict)
     for key in left_out:
         del state_dict[key]
@@ -416,8 +479,10 @@ def load_transformers_vit(config_class, path, kwargs, task: str = "features"):
 
 
 __all__ = [
+    "MAE_FIXED_TABLES",
     "SUPPORTED_MODEL_TYPES",
     "check_supported_model_type",
+    "checkpoint_architectures",
     "checkpoint_model_type",
     "config_from_transformers",
     "config_from_transformers_vit",

@@ -39,8 +39,11 @@ class _ModelChoice:
 
 
 # `ViTConfig` fields a recipe does not take as architecture overrides: set by the recipe itself (the head's classes,
-# the masked-patch target), or how weights are initialised rather than what is built.
-_RECIPE_SET_CONFIG_FIELDS = frozenset({"mpp_target", "head_zero_init", "initializer_range"})
+# the masked-patch target, MAE's objective from its own arguments, the processor's normalisation), or how weights
+# are initialised rather than what is built.
+_RECIPE_SET_CONFIG_FIELDS = frozenset({
+    "mpp_target", "head_zero_init", "initializer_range", "mask_ratio", "norm_pix_loss", "image_mean", "image_std",
+})
 _DOC_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list[int]": list[int]}
 _DOC_ENTRY = re.compile(r"^ {8}(\w+) \(`([^`]+)`[^\n]*:\n((?: {12}.*\n?)+)", re.MULTILINE)
 

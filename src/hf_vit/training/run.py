@@ -130,6 +130,9 @@ def run_recipe(recipe: Recipe):
     data = load_image_classification_data(data_args)
     model = recipe.build_model(data)
     processor = build_processor(recipe.model_args, model)
+    # The processor's normalisation goes into the config, so the saved model can recover the image from its input
+    # (masked patch prediction's targets with `bool_masked_pos`).
+    model.config.record_image_normalization(processor)
     augmentation_name, augmentation = recipe.build_augmentation(data, processor)
     run = RunContext(accelerator, data, model, processor, augmentation_name, augmentation)
     accelerator.print(recipe.describe(run))

@@ -18,11 +18,20 @@ the plan lives"). A plan for a batch of B images with N patches each, M = round(
 import math
 
 import torch
-import torch.nn.functional as F
 
 from ...configuration_hf_vit import MPP_TARGETS, as_pair
 from ...data import augmented_pixel_values, derive_seed
-from ...modeling_hf_vit import KEEP, MASK, MPP_COLOR_BITS, MPP_SUB_PATCH_SIDE, REPLACE
+# The targets are computed by the model file (a model given `bool_masked_pos` computes them itself): one copy.
+from ...modeling_hf_vit import (
+    KEEP,
+    MASK,
+    MPP_COLOR_BITS,
+    REPLACE,
+    gather_positions,
+    mpp_targets,
+    patchify,
+    quantize_colors,
+)
 
 
 MASKING_STRATEGIES = ("random", "attmask")
@@ -93,57 +102,11 @@ def sample_replacements(positions: torch.Tensor, num_patches: int, generator=Non
     return source_image * num_patches + source_position
 
 
-def patchify(pixels: torch.Tensor, patch_size) -> torch.Tensor:
-    """(B, C, H, W) -> (B, N, C, P_h, P_w) patches in the model's row-major token order."""
-    ph, pw = as_pair(patch_size)
-    batch, channels, height, width = pixels.shape
-    if height % ph or width % pw:
-        raise ValueError(f"Image size {height}x{width} is not divisible by the patch size {ph}x{pw}.")
-    x = pixels.reshape(batch, channels, height // ph, ph, width // pw, pw)
-    return x.permute(0, 2, 4, 1, 3, 5).reshape(batch, (height // ph) * (width // pw), channels, ph, pw)
-
-
-def quantize_colors(values: torch.Tensor, bits: int = MPP_COLOR_BITS) -> torch.Tensor:
-    """(..., C) colours in [0, 1] -> (...,) class ids: each channel to `bits` bits, channel 0 most significant."""
-    levels = 2**bits
-    q = (values.clamp(0.0, 1.0) * levels).floor().clamp(max=levels - 1).long()  # (..., C) in [0, levels)
-    channels = q.shape[-1]
-    weights = levels ** torch.arange(channels - 1, -1, -1)  # R * 64 + G * 8 + B for 3 channels
-    return (q * weights).sum(-1)
-
-
-def mpp_targets(pixels: torch.Tensor, patch_size, target: str = "mean_color") -> torch.Tensor:
-    """Targets for every patch from unnormalised pixels (B, C, H, W) in [0, 1].
-
-    mean_color:  (B, N) long, the 3-bit quantised mean colour (512 classes for RGB);
-    downsampled: (B, N, 16) long, the patch average-pooled to 4x4 sub-patches, each a 3-bit colour (adaptive pooling
-                 when the patch side is not a multiple of 4);
-    pixels:      (B, N, C * P_h * P_w) float, the patch itself (the L2-regression target).
-    """
-    if target not in MPP_TARGETS:
-        raise ValueError(f"`mpp_target` must be one of {list(MPP_TARGETS)}, got {target!r}.")
-    patches = patchify(pixels.float(), patch_size)  # (B, N, C, P, P)
-    batch, n, channels, ph, pw = patches.shape
-    if target == "mean_color":
-        return quantize_colors(patches.mean(dim=(-1, -2)))  # (B, N)
-    if target == "downsampled":
-        small = F.adaptive_avg_pool2d(patches.reshape(batch * n, channels, ph, pw), MPP_SUB_PATCH_SIDE)
-        small = small.reshape(batch, n, channels, MPP_SUB_PATCH_SIDE * MPP_SUB_PATCH_SIDE).transpose(-1, -2)
-        return quantize_colors(small)  # (B, N, 16)
-    return patches.reshape(batch, n, channels * ph * pw)
-
-
 def num_target_classes(target: str, num_channels: int = 3) -> int:
     """Classes per prediction of a categorical target (512 for RGB 3-bit colours); 0 for "pixels"."""
     if target not in MPP_TARGETS:
         raise ValueError(f"`mpp_target` must be one of {list(MPP_TARGETS)}, got {target!r}.")
     return 0 if target == "pixels" else (2**MPP_COLOR_BITS) ** num_channels
-
-
-def gather_positions(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """values (B, N, ...) at positions (B, M) -> (B, M, ...)."""
-    index = positions.reshape(*positions.shape, *([1] * (values.ndim - 2))).expand(-1, -1, *values.shape[2:])
-    return values.gather(1, index)
 
 
 def attention_guided_positions(
