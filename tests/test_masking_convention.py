@@ -105,6 +105,14 @@ def test_the_recorded_processor_normalisation_is_what_the_targets_invert():
         ViTConfig(image_mean=[0.5, 0.5])
     with pytest.raises(ValueError, match="image_std.*positive"):
         ViTConfig(image_std=[0.0])
+    # A greyscale model: processors store three equal values, kept once; three different ones cannot apply.
+    grey = ViTConfig(num_channels=1)
+    assert (grey.image_mean, grey.image_std) == ([0.5], [0.5])
+    grey.record_image_normalization(ViTImageProcessor(image_mean=[0.3, 0.3, 0.3], image_std=[0.2, 0.2, 0.2]))
+    assert (grey.image_mean, grey.image_std) == ([0.3], [0.2])
+    with pytest.raises(ValueError, match="image_mean.*1 or `num_channels` \\(1\\)"):
+        grey.record_image_normalization(ViTImageProcessor(image_mean=[0.2, 0.4, 0.6]))
+    assert (grey.image_mean, grey.image_std) == ([0.3], [0.2])  # unchanged after the refusal
 
 
 @pytest.mark.parametrize("target", ["downsampled", "pixels"])

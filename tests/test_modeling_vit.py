@@ -115,7 +115,7 @@ def test_bad_inputs_get_clear_errors():
         model(None)
     with pytest.raises(ValueError, match="has 1 channels but the model's `num_channels` is 3"):
         model(torch.randn(1, 1, 32, 32))
-    with pytest.raises(ValueError, match=r"shape \(batch, channels, height, width\)"):
+    with pytest.raises(ValueError, match=r"must be a \(batch, channels, height, width\) tensor, got \(3, 32, 32\)"):
         model(torch.randn(3, 32, 32))
 
 

@@ -20,6 +20,7 @@ from hf_vit.training import (
 )
 from hf_vit.training.models import label_fields
 from hf_vit.training.mpp import MaskedPatchArguments, MaskedPatchTrainArguments
+from hf_vit.training.mae import MaskedAutoencoderArguments, MaskedAutoencoderTrainArguments
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,6 +106,7 @@ _RECIPE_TYPES = {
     "pretrain": (ModelArguments, DataArguments, TrainArguments),
     "finetune": (FinetuneModelArguments, DataArguments, FinetuneTrainArguments),
     "pretrain_mpp": (ModelArguments, DataArguments, MaskedPatchTrainArguments, MaskedPatchArguments),
+    "pretrain_mae": (ModelArguments, DataArguments, MaskedAutoencoderTrainArguments, MaskedAutoencoderArguments),
 }
 
 

@@ -68,6 +68,17 @@ def _as_list(value):
     return [value]
 
 
+def _per_channel(value, num_channels):
+    """
+    `_as_list(value)`, kept once for a greyscale model when every value is the same: processors store three values
+    (e.g. [0.5, 0.5, 0.5]) also for one-channel images, and equal values mean one normalisation.
+    """
+    values = _as_list(value)
+    if num_channels == 1 and len(values) > 1 and len(set(values)) == 1:
+        return values[:1]
+    return values
+
+
 def as_pair(value):
     """An int or a 2-sequence as an (height, width) tuple."""
     if isinstance(value, (list, tuple)):
@@ -212,7 +223,8 @@ class ViTConfig(BackboneConfigMixin, PreTrainedConfig):
             paper's), `"downsampled"` (the patch pooled to 4x4 sub-patches, 16 predictions of 512 colours) or
             `"pixels"` (L2 regression of the patch's values). The other model classes ignore it.
         image_mean (`list[float]`, *optional*, defaults to `[0.5, 0.5, 0.5]`), image_std (`list[float]`, *optional*, defaults to `[0.5, 0.5, 0.5]`):
-            The normalisation of the image processor the model is used with (1 or `num_channels` values each), which
+            The normalisation of the image processor the model is used with (1 or `num_channels` values each; for a
+            greyscale model equal values are kept once, e.g. `[0.5]`), which
             `ViTForMaskedPatchPrediction` inverts to compute its colour targets from `pixel_values` (`pixel_values *
             image_std + image_mean` is the image in [0, 1]). The defaults are `ViTImageProcessor`'s; the recipes
             record their processor's values here (`record_image_normalization`) before the model is trained and saved.
@@ -344,8 +356,8 @@ class ViTConfig(BackboneConfigMixin, PreTrainedConfig):
         self.layer_norm_after_pooling = layer_norm_after_pooling
         self.position_embedding_antialias = position_embedding_antialias
         self.position_embedding_sincos_style = position_embedding_sincos_style
-        self.image_mean = list(DEFAULT_IMAGE_MEAN) if image_mean is None else _as_list(image_mean)
-        self.image_std = list(DEFAULT_IMAGE_STD) if image_std is None else _as_list(image_std)
+        self.image_mean = _per_channel(DEFAULT_IMAGE_MEAN if image_mean is None else image_mean, num_channels)
+        self.image_std = _per_channel(DEFAULT_IMAGE_STD if image_std is None else image_std, num_channels)
         self.decoder_hidden_size = decoder_hidden_size
         self.decoder_num_hidden_layers = decoder_num_hidden_layers
         self.decoder_num_attention_heads = decoder_num_attention_heads
@@ -591,7 +603,8 @@ class ViTConfig(BackboneConfigMixin, PreTrainedConfig):
         else:
             mean, std = [0.0], [1.0]
         previous = (self.image_mean, self.image_std)
-        self.image_mean, self.image_std = [float(v) for v in mean], [float(v) for v in std]
+        self.image_mean = [float(v) for v in _per_channel(mean, self.num_channels)]
+        self.image_std = [float(v) for v in _per_channel(std, self.num_channels)]
         try:
             self._validate_masked_image_modeling()
         except ValueError:
