@@ -11,12 +11,15 @@ key map, not of the adaptation.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 
 import numpy as np
 import torch
 
+from . import jax_reference as reference
 from .keymap import ConversionError
+from .timm_format import timm_architecture, timm_model_args
 
 
 # |hf_vit - reference| <= ATOL + RTOL * max|reference|: fp32 sums over thousands of terms in another order agree to
@@ -76,7 +79,6 @@ def compare(ours: dict, theirs: dict, name: str, path: str) -> float:
 
 def flax_reference(path, prefix: str):
     """The reference Flax forward on the file's arrays: jax where installed, NumPy otherwise."""
-    from . import jax_reference as reference
 
     backend = "jax" if available("jax") else "numpy"
     params = reference.load_npz(path)
@@ -93,7 +95,6 @@ def timm_npz_reference(path, config, layout: dict):
     """timm's own .npz loader (`_load_weights`) into timm's ViT built like `config`."""
     from timm.models.vision_transformer import VisionTransformer, _load_weights
 
-    from .timm_format import timm_model_args
 
     args = timm_model_args(_without_pre_logits(config))
     if config.use_class_token and not layout.get("pos_has_prefix_row", True):
@@ -118,7 +119,6 @@ def timm_state_dict_reference(source, config, pos_has_prefix_row: bool = True):
     """timm's ViT built like `config`, loading the source tensors as they are (`strict=True`)."""
     import timm
 
-    from .timm_format import timm_architecture, timm_model_args
 
     args = timm_model_args(config, for_export=False)
     if config.use_class_token and not pos_has_prefix_row:
@@ -182,8 +182,6 @@ def transformers_reference(path, has_classifier: bool, compare_tokens: bool = Tr
 
 
 def _without_pre_logits(config):
-    import copy
-
     config = copy.deepcopy(config)
     config.representation_size = None
     return config

@@ -77,16 +77,6 @@ def position_embeddings_with_zero_prefix(num_prefix: int) -> Callable[[Sequence]
     return transform
 
 
-# Inverses, for formats hf_vit also writes (timm's layout needs only renames; these keep the door open).
-def split_fused(index: int, parts: int = 3) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The index-th of `parts` equal row blocks of a fused tensor."""
-
-    def transform(tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.chunk(parts, dim=0)[index].contiguous()
-
-    return transform
-
-
 # --------------------------------------------------------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ import zlib
 
 import numpy as np
 import torch
+from safetensors import safe_open
 
 from .keymap import ConversionError
 
@@ -212,7 +213,6 @@ class StateDictSource:
             )
 
     def _open_safetensors(self, path):
-        from safetensors import safe_open
 
         try:
             handle = safe_open(path, framework="pt")

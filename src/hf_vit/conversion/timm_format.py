@@ -40,6 +40,10 @@ import math
 import os
 import re
 
+from safetensors.torch import save_file
+
+from ..configuration_hf_vit import VIT_VARIANTS
+
 from .keymap import ConversionError, Rule, identity, position_embeddings_with_zero_prefix, rule
 
 
@@ -145,7 +149,6 @@ def key_map(config, pos_has_prefix_row: bool = True) -> list[Rule]:
 
 
 def _heads_for_width(width):
-    from ..configuration_hf_vit import VIT_VARIANTS
 
     return next((heads for _, hidden, _, heads in VIT_VARIANTS.values() if hidden == width), None)
 
@@ -383,7 +386,6 @@ def state_dict_to_timm(state_dict: dict, config) -> dict:
 def save_timm(model, save_directory, image_processor=None) -> None:
     """Write `model` (an hf_vit `ViTForImageClassification`) as a timm folder: `model.safetensors` with timm's keys
     and a timm `config.json`, loadable with `timm.create_model("local-dir:<folder>", pretrained=True)`."""
-    from safetensors.torch import save_file
 
     config = model.config
     model_args = timm_model_args(config)

@@ -9,7 +9,11 @@ Read: model_type "vit", "vit_mae", "deit", "dinov2", "dinov2_with_registers" (as
 
 from __future__ import annotations
 
+import json
 import os
+
+from huggingface_hub import split_torch_state_dict_into_shards
+from safetensors.torch import save_file
 
 
 from ..transformers_vit_format import (
@@ -19,7 +23,9 @@ from ..transformers_vit_format import (
     state_dict_to_transformers_vit,
     unused_by_config,
 )
+from .checks import run_checks, transformers_reference
 from .keymap import ConversionError, ConversionReport, renames
+from .loading import convert
 from .sources import StateDictSource
 
 
@@ -83,8 +89,6 @@ def load_transformers(path, config=None, *, allow_pickle=False, source_image_siz
     as an hf_vit `ViTForImageClassification` (the source's activation and eps), with the same options as `load_npz`
     (resolution change, new head); `check` compares with transformers' own model.
     """
-    from .checks import run_checks, transformers_reference
-    from .loading import convert
 
     path = os.fspath(path)
     fields, source, info = infer(path, allow_pickle)
@@ -168,10 +172,6 @@ def save_transformers_vit(model, save_directory, max_shard_size="5GB") -> None:
     with the key names transformers writes (the 4.x names every version reads), sharded above `max_shard_size`.
     Stock transformers loads it with `ViTForImageClassification` (or `ViTModel` when `num_labels == 0`). Exact: the
     same tensors, activation and eps."""
-    import json
-
-    from huggingface_hub import split_torch_state_dict_into_shards
-    from safetensors.torch import save_file
 
     config = transformers_config(model.config)
     tensors = state_dict_to_transformers_vit(model.state_dict())
