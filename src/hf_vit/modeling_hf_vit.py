@@ -688,7 +688,10 @@ class ViTSelfAttention(nn.Module):
         batch, length, _ = hidden_states.shape
         if num_queries is None and query_states is None:
             qkv = linear(self.qkv, hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
-            query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, d)
+            # Unbound along the q/k/v axis of the projection's own layout, then transposed: in training, autograd
+            # stacks the three gradients straight into that layout (unbinding a permuted view stacks them in the
+            # permuted layout first, then copies them once more into the projection's).
+            query, key, value = (t.transpose(1, 2) for t in qkv.unbind(2))  # each (B, H, N, d)
             num_queries = length
         else:
             # Output features [0, D) of the fused projection are q, [D, 3D) are k and v: q for the queries only.
@@ -1957,8 +1960,14 @@ def gather_positions(values: torch.Tensor, positions: torch.Tensor) -> torch.Ten
 def mae_patch_pixels(pixels: torch.Tensor, patch_size) -> torch.Tensor:
     """(B, C, H, W) -> (B, N, P_h * P_w * C): each patch's pixels in MAE's order (row, column, channel), the layout of
     MAE's and transformers' `patchify` and of the decoder's predictions."""
-    patches = patchify(pixels, patch_size)  # (B, N, C, P_h, P_w)
-    return patches.permute(0, 1, 3, 4, 2).reshape(*patches.shape[:2], -1)
+    ph, pw = as_pair(patch_size)
+    batch, channels, height, width = pixels.shape
+    if height % ph or width % pw:
+        raise ValueError(f"Image size {height}x{width} is not divisible by the patch size {ph}x{pw}.")
+    rows, cols = height // ph, width // pw
+    # One permutation straight to (B, rows, cols, P_h, P_w, C): a single copy of the image.
+    x = pixels.reshape(batch, channels, rows, ph, cols, pw).permute(0, 2, 4, 3, 5, 1)
+    return x.reshape(batch, rows * cols, ph * pw * channels)
 
 
 def mae_unpatch_pixels(patches: torch.Tensor, grid: tuple[int, int], patch_size, num_channels: int) -> torch.Tensor:
@@ -1971,11 +1980,10 @@ def mae_unpatch_pixels(patches: torch.Tensor, grid: tuple[int, int], patch_size,
 def mae_pixel_targets(pixel_values: torch.Tensor, patch_size, norm_pix_loss: bool = True, eps: float = 1e-6) -> torch.Tensor:
     """MAE's reconstruction targets (B, N, P_h * P_w * C) from the model's input: each patch's pixels, with
     `norm_pix_loss` normalised by the patch's own mean and (unbiased, as MAE's `var`) variance + eps."""
-    target = mae_patch_pixels(pixel_values.float(), patch_size)
+    target = mae_patch_pixels(pixel_values, patch_size).float()
     if norm_pix_loss:
-        mean = target.mean(dim=-1, keepdim=True)
-        var = target.var(dim=-1, keepdim=True)
-        target = (target - mean) / (var + eps) ** 0.5
+        var, mean = torch.var_mean(target, dim=-1, keepdim=True)  # one pass for both (B, N, 1)
+        target = (target - mean) / (var + eps).sqrt()
     return target
 
 
@@ -2203,7 +2211,7 @@ class ViTForMaskedAutoencoding(ViTPreTrainedModel):
         loss = None
         if keep < num_patches:
             target = mae_pixel_targets(pixel_values, config.patch_hw, config.norm_pix_loss)
-            per_patch = (logits.float() - target).pow(2).mean(dim=-1)  # (B, N)
+            per_patch = F.mse_loss(logits.float(), target, reduction="none").mean(dim=-1)  # (B, N)
             total = (per_patch * mask).sum()
             if num_items_in_batch is not None:
                 loss = total / _as_count(num_items_in_batch, total.device)
