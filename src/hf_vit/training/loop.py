@@ -211,7 +211,7 @@ def train(
     if args.gradient_checkpointing:
         if not getattr(task.model, "supports_gradient_checkpointing", False):
             raise ValueError(f"`gradient_checkpointing`: {type(task.model).__name__} does not support it.")
-        task.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        task.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     optimizer = build_optimizer(task.model, args)
     schedule = build_schedule(optimizer, total_steps, warmup, args.lr_decay)
     # NOTE: the schedule is not handed to `prepare`: Accelerate would step it once per process per step (it assumes
