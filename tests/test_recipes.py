@@ -79,7 +79,8 @@ def test_finetune_recipe_from_the_main_jobs_model(main_job, tmp_path, capsys):
     out = tmp_path / "finetuned"
     metrics = _recipe("finetune.py")["main"](
         [str(CONFIGS / "digits_finetune.yaml"), "--model_name_or_path", str(source), "--output_dir", str(out),
-         "--num_epochs", "1", "--warmup_steps", "5", "--report_to", "none", "--predict_examples", "2"]
+         "--num_epochs", "1", "--warmup_steps", "5", "--report_to", "none", "--predict_examples", "2",
+         "--image_size", "24"]
     )
     printed = capsys.readouterr().out
     assert printed.count("pipeline: held-out image") == 2 and "EMA" in printed
@@ -239,7 +240,8 @@ def test_finetune_from_a_transformers_vit_checkpoint(tmp_path, capsys):
     out = tmp_path / "finetuned"
     metrics = _recipe("finetune.py")["main"](
         [str(CONFIGS / "digits_finetune.yaml"), "--model_name_or_path", str(source), "--output_dir", str(out),
-         "--max_steps", "4", "--warmup_steps", "1", "--report_to", "none", "--predict_examples", "0"]
+         "--max_steps", "4", "--warmup_steps", "1", "--report_to", "none", "--predict_examples", "0",
+         "--image_size", "24"]
     )
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "hf_vit" and len(config["id2label"]) == 10 and config["image_size"] == 24
