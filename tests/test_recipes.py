@@ -1,5 +1,6 @@
 """The recipes end to end (short runs), their configs, and the Accelerate launch configs."""
 
+import inspect
 import json
 import re
 import runpy
@@ -195,6 +196,7 @@ def test_accelerate_configs_are_valid_for_accelerate(path, monkeypatch):
         import hf_vit.modeling_hf_vit as modeling
         from accelerate.utils import FullyShardedDataParallelPlugin
         from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
+        from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
         from torch.distributed.fsdp import StateDictType
 
         env = prepare_multi_gpu_env(args)
@@ -209,8 +211,12 @@ def test_accelerate_configs_are_valid_for_accelerate(path, monkeypatch):
         # The wrap policy resolves against an hf_vit model and shards exactly its transformer blocks.
         model = build_model(ModelArguments(variant="Ti/16", image_size=32, patch_size=8, num_hidden_layers=3),
                             ViTForImageClassification)
+        wrap_type = "transformer" if plugin.auto_wrap_policy is transformer_auto_wrap_policy else None
         plugin.set_auto_wrap_policy(model)
-        policy = fsdp2_prepare_auto_wrap_policy(plugin, model)
+        if "auto_wrap_policy_type" in inspect.signature(fsdp2_prepare_auto_wrap_policy).parameters:
+            policy = fsdp2_prepare_auto_wrap_policy(plugin, wrap_type, model)  # accelerate 1.6 takes the type
+        else:
+            policy = fsdp2_prepare_auto_wrap_policy(plugin, model)
         assert [name for name, module in model.named_modules() if policy(module)] == [
             f"vit.encoder.layers.{i}" for i in range(3)]
     if config.distributed_type == "DEEPSPEED":
