@@ -10,7 +10,7 @@ import pytest
 import torch
 import transformers
 
-from hf_vit import ViTConfig, ViTForImageClassification, ViTForMaskedAutoencoding, ViTModel
+from hf_vit import ViTForImageClassification, ViTForMaskedAutoencoding, ViTModel
 from hf_vit.modeling_hf_vit import mae_sincos_2d_position_embeddings, mae_unpatch_pixels, sincos_2d_position_embeddings
 
 from .common import TINY, TINY_HYBRID, ModelTesterMixin, make_config, pixel_values_for, run_without_hf_vit

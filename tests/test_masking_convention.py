@@ -20,15 +20,9 @@ from hf_vit import (
 )
 
 from .common import make_config, pixel_values_for
+from .test_mpp import _model as _mpp  # the seeded, perturbed masked-patch model of the model tests
 
 
-def _mpp(**overrides):
-    torch.manual_seed(0)
-    model = ViTForMaskedPatchPrediction(make_config(**overrides))
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(torch.randn_like(param) * 0.02)
-    return model.eval()
 
 
 def _patchwise_images(batch=2, seed=0):
