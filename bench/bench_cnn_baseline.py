@@ -76,10 +76,15 @@ def main(argv=None) -> int:
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--label-smoothing", type=float, default=0.1)
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="bf16",
-                        help="bf16: CPU autocast, channels-last (this EPYC's fastest for the CNN)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="bf16: CPU autocast, channels-last (the fastest for the CNN on a CPU with bf16 "
+                        "instructions); auto: bf16 on such a CPU, else fp32, as the recipes' `mixed_precision: auto`")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.precision == "auto":
+        from hf_vit.export import native_bf16
+
+        args.precision = "bf16" if native_bf16("cpu") else "fp32"
     started = time.perf_counter()
     budget = 60.0 * args.minutes
     torch.manual_seed(args.seed)

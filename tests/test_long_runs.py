@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from accelerate.state import AcceleratorState, GradientState
 
 from hf_vit.training import TrainArguments, make_accelerator
@@ -85,6 +86,38 @@ def test_the_launcher_decides_unless_the_recipe_says(monkeypatch, tmp_path, fres
     args.mixed_precision, args.torch_compile = None, True
     AcceleratorState._reset_state(True)
     assert make_accelerator(args).state.dynamo_plugin.backend.value.lower() == "inductor"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_where_the_device_has_it(monkeypatch, tmp_path, capsys, fresh_accelerate_state,
+                                                             native):
+    import hf_vit.export.precision as precision
+
+    seen = []
+    monkeypatch.setattr(precision, "native_bf16", lambda device: seen.append(torch.device(device).type) or native)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    args = TrainArguments(output_dir=str(tmp_path), report_to="none", mixed_precision="auto")
+    assert make_accelerator(args).mixed_precision == ("bf16" if native else "no")
+    assert seen[0] == "cpu"  # asked about the device the run will use
+    assert f"mixed_precision auto: {'bf16' if native else 'no'}" in capsys.readouterr().out
+    AcceleratorState._reset_state(True)
+    args.mixed_precision = "bf16"  # asked for by name: run as asked, warned where it is emulated
+    assert make_accelerator(args).mixed_precision == "bf16"
+    warned = capsys.readouterr().err
+    assert ("no bf16 instructions" in warned and "mixed_precision: auto" in warned) == (not native)
+
+
+def test_native_bf16_reads_the_cpu(monkeypatch):
+    from hf_vit.export import emulated_bf16_note, native_bf16
+
+    for avx512_bf16, amx, arm, expected in [(True, False, False, True), (False, True, False, True),
+                                            (False, False, True, True), (False, False, False, False)]:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        monkeypatch.setattr("hf_vit.export.precision._arm_bf16_feature", lambda v=arm: v)
+        assert native_bf16("cpu") is expected
+        assert (emulated_bf16_note("cpu") is None) is expected
+    assert native_bf16("meta") is False
 
 
 @pytest.mark.recipes

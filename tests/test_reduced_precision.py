@@ -219,3 +219,18 @@ def test_packed_weights_follow_the_weights_and_leave_the_model_copyable():
     del layer, copied, restored
     gc.collect()
     assert len(_PACKED_WEIGHTS) == before  # freed with the weights
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_inference_warns_where_the_device_only_emulates_it(monkeypatch, caplog, native):
+    import hf_vit.export.precision as precision
+
+    monkeypatch.setattr(precision, "native_bf16", lambda device: native)
+    model = ViTForImageClassification(make_config())
+    with caplog.at_level("WARNING", logger="hf_vit.export.precision"):
+        served = precision.prepare_for_inference(model, "bfloat16", "cpu")
+        precision.prepare_for_inference(ViTForImageClassification(make_config()), "float32", "cpu")
+    assert served.dtype == torch.bfloat16  # run as asked either way
+    warned = [r.getMessage() for r in caplog.records if "bf16 instructions" in r.getMessage()]
+    assert len(warned) == (0 if native else 1)  # once, for bf16 only
+    assert native or "Use dtype 'float32'" in warned[0]

@@ -100,7 +100,7 @@ class TrainArguments(prefixed_options("hub_", "With push_to_hub: ")):
     layer_decay: float = field(default=1.0, metadata={"help": "Layer-wise lr decay factor per block below the head (1: off)."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Clip gradients at this global norm (0: off)."})
     label_smoothing: float = 0.0
-    mixed_precision: str | None = field(default=None, metadata={"help": "no | bf16 | fp16; unset: whatever the launcher or accelerate config says (`accelerate launch --mixed_precision bf16`, ACCELERATE_MIXED_PRECISION), else no."})
+    mixed_precision: str | None = field(default=None, metadata={"help": "no | bf16 | fp16 | auto (bf16 where the device has bf16 instructions, else no); unset: whatever the launcher or accelerate config says (`accelerate launch --mixed_precision bf16`, ACCELERATE_MIXED_PRECISION), else no."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute each block's activations in the backward pass instead of storing them (less memory, more compute)."})
     torch_compile: bool = field(default=False, metadata={"help": "Compile the model with torch.compile (Accelerate's dynamo plugin, inductor backend). false: the launcher decides (`accelerate launch --dynamo_backend ...`, ACCELERATE_DYNAMO_BACKEND), by default no compilation."})
     ema_decay: float = field(default=0.0, metadata={"help": "Polyak / EMA factor, e.g. 0.9999 (0: off); saved to the run's ema/."})

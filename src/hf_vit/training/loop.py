@@ -9,6 +9,7 @@ images/s, and atomic checkpoints every N steps and at the end from which `resume
 import contextlib
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -54,25 +55,58 @@ def batch_plan(global_batch: int, num_processes: int, max_device_batch: int) -> 
     return per_process // accumulation, accumulation
 
 
-MIXED_PRECISIONS = ("no", "bf16", "fp16")
+MIXED_PRECISIONS = ("no", "bf16", "fp16", "auto")
+
+
+def resolve_mixed_precision(value: str | None) -> str | None:
+    """
+    The mixed precision to hand to Accelerate: `value` itself, except "auto", which becomes "bf16" where the run's
+    device computes in bf16 natively (`native_bf16`: a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX, ...) and
+    "no" elsewhere. NOTE: "auto" exists because bf16 autocast on a CPU without bf16 instructions is emulated and
+    several times slower than float32 (bench/README.md), so a config written on a bf16 machine must not impose it.
+    """
+    if value is not None and value not in MIXED_PRECISIONS:
+        raise ValueError(f"`mixed_precision` must be one of {list(MIXED_PRECISIONS)} (or unset: the launcher decides), "
+                         f"got {value!r}.")
+    if value != "auto":
+        return value
+    from accelerate.state import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    from ..export.precision import native_bf16
+
+    device = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device
+    return "bf16" if native_bf16(device) else "no"
 
 
 def make_accelerator(args) -> Accelerator:
     """
     The run's Accelerator; logs under `output_dir/logs`. Accelerate owns the launch settings: mixed precision and
     compilation come from the launcher or accelerate config (`accelerate launch --mixed_precision bf16`, the
-    ACCELERATE_* variables it sets) unless the recipe sets them (`mixed_precision`, `torch_compile`).
+    ACCELERATE_* variables it sets) unless the recipe sets them (`mixed_precision`, `torch_compile`);
+    `mixed_precision: auto` is bf16 where the device has bf16 instructions, else no (`resolve_mixed_precision`).
+    bf16 on a device that only emulates it is run as asked, with a warning.
     """
-    if args.mixed_precision is not None and args.mixed_precision not in MIXED_PRECISIONS:
-        raise ValueError(f"`mixed_precision` must be one of {list(MIXED_PRECISIONS)} (or unset: the launcher decides), "
-                         f"got {args.mixed_precision!r}.")
+    mixed_precision = resolve_mixed_precision(args.mixed_precision)
     trackers = [t.strip() for t in args.report_to.split(",") if t.strip() and t.strip() != "none"]
-    return Accelerator(
-        mixed_precision=args.mixed_precision,
+    accelerator = Accelerator(
+        mixed_precision=mixed_precision,
         dynamo_backend="inductor" if args.torch_compile else None,
         log_with=trackers or None,
         project_dir=os.path.join(args.output_dir, LOGS_SUBFOLDER),
     )
+    device = accelerator.device.type
+    if args.mixed_precision == "auto":
+        has = "has bf16 instructions" if mixed_precision == "bf16" else "has no bf16 instructions: float32"
+        accelerator.print(f"mixed_precision auto: {mixed_precision} (the {device} {has})")
+    elif accelerator.mixed_precision == "bf16":
+        from ..export.precision import emulated_bf16_note
+
+        note = emulated_bf16_note(accelerator.device)
+        if note is not None:
+            advice = "Set `mixed_precision: auto` (or no) to train in float32 here."
+            accelerator.print(f"warning: mixed precision {note} {advice}", file=sys.stderr)
+    return accelerator
 
 
 def parameters_are_sharded(accelerator) -> bool:
