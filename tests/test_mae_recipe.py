@@ -98,10 +98,11 @@ def test_resume_latest_continues_to_the_uninterrupted_weights(tmp_path):
                "--save_every_steps", "2", "--hidden_dropout_prob", "0.1", "--augmentation", "translate",
                "--predict_examples", "0", "--fewshot_every_steps", "-1"]
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    for folder in (reference, resumed):
-        done = subprocess.run(command + ["--output_dir", str(folder)], env=_env(), capture_output=True, text=True,
-                              timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
+    runs = [subprocess.Popen(command + ["--output_dir", str(folder)], env=_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True) for folder in (reference, resumed)]  # side by side
+    for run in runs:
+        _, err = run.communicate(timeout=600)
+        assert run.returncode == 0, err[-3000:]
     # Make `resumed` an interrupted run: its last checkpoint and its final files gone.
     steps = list_checkpoints(str(resumed))
     assert [step for step, _ in steps] == [4, 6]
