@@ -17,7 +17,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import environment, interleaved_rounds, markdown_table, median, speed_ratios  # noqa: E402
+from common import environment, interleaved_rounds, markdown_table, median, ratio_cell  # noqa: E402
 
 from hf_vit import ViTForImageClassification  # noqa: E402
 from hf_vit.data import DataArguments  # noqa: E402
@@ -79,9 +79,7 @@ def main(argv=None) -> int:
         names = [name for name in seconds if name.startswith(mode)]
         reference = seconds[names[0]]
         for name in names:
-            ratios = speed_ratios(seconds[name], reference)
-            rows.append([name, f"{batch / median(seconds[name]):.1f}",
-                         f"{median(ratios):.3f}x ({min(ratios):.3f}-{max(ratios):.3f})"])
+            rows.append([name, f"{batch / median(seconds[name]):.1f}", ratio_cell(seconds[name], reference)])
     env = environment()
     print(f"{args.config}: batch {batch} at {height}x{width}; torch {env['torch']} ({env['torch_threads']} threads), "
           f"{env['cpu']}, bf16 instructions: {'yes' if native_bf16('cpu') else 'no'}; load average "

@@ -20,7 +20,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import environment, interleaved_rounds, markdown_table, median, speed_ratios  # noqa: E402
+from common import environment, interleaved_rounds, markdown_table, median, ratio_cell  # noqa: E402
 
 from hf_vit import ViTConfig, ViTForMaskedAutoencoding, ViTForMaskedPatchPrediction  # noqa: E402
 
@@ -96,8 +96,7 @@ def main(argv=None) -> int:
     reference = seconds["transformers"]
     rows = []
     for name, values in seconds.items():
-        ratios = speed_ratios(values, reference)
-        rows.append([name, f"{batch / median(values):.2f}", f"{median(ratios):.3f}x ({min(ratios):.3f}-{max(ratios):.3f})"])
+        rows.append([name, f"{batch / median(values):.2f}", ratio_cell(values, reference)])
     env = environment(["transformers"])
     kept = max(1, int(ours.config.num_patches * (1 - args.mask_ratio)))
     print(f"MAE training step, {args.size}: {image_size}px, {ours.config.num_patches} patches ({kept} kept), batch "

@@ -16,7 +16,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import environment, interleaved_rounds, markdown_table, median, speed_ratios  # noqa: E402
+from common import environment, interleaved_rounds, markdown_table, median, ratio_cell  # noqa: E402
 
 from hf_vit import ViTConfig, ViTForImageClassification  # noqa: E402
 
@@ -73,9 +73,8 @@ def main(argv=None) -> int:
     base = seconds[f"rate {rates[0]:g}"]
     rows = []
     for name, values in seconds.items():
-        ratios = speed_ratios(values, base)
         rows.append([name, descriptions[name], f"{args.batch / median(values):.1f}",
-                     f"{median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"])
+                     ratio_cell(values, base, digits=2)])
     env = environment()
     print(f"{args.variant} at {args.image_size}px, batch {args.batch}, {'bf16 autocast' if args.bf16 else 'fp32'}, "
           f"{env['torch_threads']} threads, torch {env['torch']}, {env['cpu']}; load average "

@@ -47,6 +47,12 @@ def speed_ratios(seconds: Sequence[float], peer_seconds: Sequence[float]) -> lis
     return [p / s for s, p in zip(seconds, peer_seconds)]
 
 
+def ratio_cell(seconds: Sequence[float], peer_seconds: Sequence[float], digits: int = 3) -> str:
+    """The per-round speed ratios (`speed_ratios`) as a table cell: "median x (min-max)"."""
+    ratios = speed_ratios(seconds, peer_seconds)
+    return f"{median(ratios):.{digits}f}x ({min(ratios):.{digits}f}-{max(ratios):.{digits}f})"
+
+
 def spread(values: Sequence[float]) -> float:
     """(max - min) / median: the relative width of the rounds' range."""
     return (max(values) - min(values)) / median(values)
