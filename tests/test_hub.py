@@ -113,10 +113,21 @@ def test_card_metadata_model_index_and_sections(run_dir):
     assert "| 10 | validation | 80.00% |" in card.text
     assert "| peak learning rate | 0.001 |" in card.text and "SGD momentum" not in card.text  # adamw run
     assert "1.0 min (62 s) for 400 optimiser steps, 420 images/s" in card.text
+    assert "- Precision: float32" in card.text  # run_args.json's "no"
     assert "sklearn.datasets.load_digits" in card.text  # the data set's prose from model_cards/digits.yaml
     # No local absolute path (run_args.json holds output_dir and logging_dir as absolute paths).
     assert str(run_dir.resolve().parent) not in text and os.path.expanduser("~") not in text
     assert check_model_card(text, forbidden=(str(run_dir.resolve()),)) == []
+
+
+def test_card_states_the_precision_that_ran_not_auto(tmp_path):
+    results = {**RESULTS, "mixed_precision": "bf16"}  # `mixed_precision: auto` resolved on a CPU with bf16
+    card = render_model_card(_make_run(tmp_path / "auto", run_args={"mixed_precision": "auto"}, results=results,
+                                       ema=False, extras=False), "tester/vit-tiny").content
+    assert "- Precision: bf16 mixed precision" in card and "auto mixed precision" not in card
+    older = render_model_card(_make_run(tmp_path / "older", run_args={"mixed_precision": "auto"}, ema=False,
+                                        extras=False), "tester/vit-tiny").content
+    assert "- Precision:" not in older  # not recorded which: no line rather than a wrong one
 
 
 def test_few_shot_results_in_either_form():

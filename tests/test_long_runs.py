@@ -130,7 +130,7 @@ def test_accelerate_launch_precision_reaches_the_run(tmp_path):
                           env=dict(os.environ, HF_HUB_OFFLINE="1", ACCELERATE_USE_CPU="1"))
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "eval_results.json").read_text())
-    assert results["hardware"].endswith("mixed precision bf16")
+    assert results["hardware"].endswith("mixed precision bf16") and results["mixed_precision"] == "bf16"
     assert json.loads((out / "run_args.json").read_text())["mixed_precision"] is None  # the recipe left it open
 
 

@@ -534,8 +534,9 @@ def _hardware(facts, card_data) -> str:
         if _is_number(results.get("images_per_second")):
             line += f", {results['images_per_second']:.0f} images/s"
         lines.append(line)
-    precision = (facts.run_args or {}).get("mixed_precision")
-    if precision:
+    # What the run used (eval_results.json, since `mixed_precision: auto`), else what it asked for when that says it.
+    precision = results.get("mixed_precision") or (facts.run_args or {}).get("mixed_precision")
+    if precision and precision != "auto":
         lines.append(f"- Precision: {precision} mixed precision" if precision != "no" else "- Precision: float32")
     return "\n".join(lines)
 

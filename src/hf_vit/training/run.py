@@ -165,6 +165,7 @@ def run_recipe(recipe: Recipe):
         "validation": result.last_eval,
         "num_parameters": sum(p.numel() for p in accelerator.unwrap_model(task.model).parameters()),
         "skipped_images": len(data.skipped_images), "hardware": describe_hardware(accelerator),
+        "mixed_precision": accelerator.mixed_precision,  # what ran: `mixed_precision: auto` resolved, or the launcher's
     }
     if result.best is not None:
         results["best_checkpoint"] = {**result.best,
