@@ -29,6 +29,19 @@ def _seed():
     yield
 
 
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps one process-wide state; a test that runs a recipe in this process makes its Accelerator from
+    scratch, and leaves none behind."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
 def pytest_generate_tests(metafunc):
     # Generic model tests take a `variant` argument: one run per entry of the test class's `variants` table.
     if "variant" in metafunc.fixturenames and metafunc.cls is not None:

@@ -26,16 +26,6 @@ def _pretrain(argv):
     return runpy.run_path(str(ROOT / "recipes" / "pretrain.py"), run_name="recipe")["main"](argv)
 
 
-@pytest.fixture
-def fresh_accelerate_state():
-    """Accelerate keeps one process-wide state; each test here makes its own Accelerator from scratch."""
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
 @pytest.mark.recipes
 def test_the_best_checkpoint_is_kept_beside_the_newest(tmp_path, fresh_accelerate_state):
     out = tmp_path / "run"
@@ -99,12 +89,13 @@ def test_auto_precision_is_bf16_only_where_the_device_has_it(monkeypatch, tmp_pa
     args = TrainArguments(output_dir=str(tmp_path), report_to="none", mixed_precision="auto")
     assert make_accelerator(args).mixed_precision == ("bf16" if native else "no")
     assert seen[0] == "cpu"  # asked about the device the run will use
-    assert f"mixed_precision auto: {'bf16' if native else 'no'}" in capsys.readouterr().out
+    assert f"mixed_precision auto -> {'bf16' if native else 'no'} (" in capsys.readouterr().out
     AcceleratorState._reset_state(True)
     args.mixed_precision = "bf16"  # asked for by name: run as asked, warned where it is emulated
     assert make_accelerator(args).mixed_precision == "bf16"
     warned = capsys.readouterr().err
-    assert ("no bf16 instructions" in warned and "mixed_precision: auto" in warned) == (not native)
+    assert ("no bf16 instructions" in warned and "mixed_precision: auto" in warned
+            and "from the recipe's `mixed_precision`" in warned) == (not native)
 
 
 def test_native_bf16_reads_the_cpu(monkeypatch):
@@ -120,6 +111,28 @@ def test_native_bf16_reads_the_cpu(monkeypatch):
     assert native_bf16("meta") is False
 
 
+@pytest.mark.parametrize("emulation_argument", [True, False])
+def test_native_bf16_on_cuda_does_not_count_emulation(monkeypatch, emulation_argument):
+    # torch's is_bf16_supported() says yes for a GPU that only emulates bf16; only bf16 arithmetic counts.
+    import hf_vit.export.precision as precision
+
+    def is_bf16_supported(including_emulation=True):
+        if not emulation_argument:
+            raise TypeError("an older torch: no including_emulation")
+        return including_emulation  # an emulating GPU (compute capability 7.5)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (7, 5))
+    assert precision.native_bf16("cuda") is False
+    note = precision.emulated_bf16_note("cuda:0")
+    assert "GPU" in note and "CPU" not in note
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (8, 0))
+    assert precision.native_bf16("cuda") is True and precision.emulated_bf16_note("cuda") is None
+
+
 @pytest.mark.recipes
 def test_accelerate_launch_precision_reaches_the_run(tmp_path):
     out = tmp_path / "run"
@@ -132,6 +145,10 @@ def test_accelerate_launch_precision_reaches_the_run(tmp_path):
     results = json.loads((out / "eval_results.json").read_text())
     assert results["hardware"].endswith("mixed precision bf16") and results["mixed_precision"] == "bf16"
     assert json.loads((out / "run_args.json").read_text())["mixed_precision"] is None  # the recipe left it open
+    from hf_vit.export import native_bf16
+
+    # Where bf16 is emulated, the warning names where bf16 came from: here the launcher, not the recipe.
+    assert ("bf16 comes from the launcher" in done.stderr) == (not native_bf16("cpu")), done.stderr[-3000:]
 
 
 @pytest.mark.recipes

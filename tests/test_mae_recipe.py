@@ -98,11 +98,16 @@ def test_resume_latest_continues_to_the_uninterrupted_weights(tmp_path):
                "--save_every_steps", "2", "--hidden_dropout_prob", "0.1", "--augmentation", "translate",
                "--predict_examples", "0", "--fewshot_every_steps", "-1"]
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    runs = [subprocess.Popen(command + ["--output_dir", str(folder)], env=_env(), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True) for folder in (reference, resumed)]  # side by side
-    for run in runs:
-        _, err = run.communicate(timeout=600)
-        assert run.returncode == 0, err[-3000:]
+    runs = []
+    try:
+        for folder in (reference, resumed):  # side by side
+            runs.append(subprocess.Popen(command + ["--output_dir", str(folder)], env=_env(), stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.PIPE, text=True))
+        for run in runs:
+            _, err = run.communicate(timeout=600)
+            assert run.returncode == 0, err[-3000:]
+    finally:
+        _stop(runs)
     # Make `resumed` an interrupted run: its last checkpoint and its final files gone.
     steps = list_checkpoints(str(resumed))
     assert [step for step, _ in steps] == [4, 6]
@@ -119,6 +124,14 @@ def test_resume_latest_continues_to_the_uninterrupted_weights(tmp_path):
         torch.testing.assert_close(actual[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
+def _stop(runs):
+    """Kill and reap the runs still alive (a failed assertion or a timeout leaves no orphan process behind)."""
+    for run in runs:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+
+
 @pytest.mark.recipes
 @pytest.mark.slow  # two torchrun processes and one more run
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
@@ -129,9 +142,13 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
          "--output_dir", str(tmp_path / "two")],
         env=_env(ACCELERATE_USE_CPU="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    single = subprocess.run([sys.executable, recipe, *args, "--output_dir", str(tmp_path / "one"),
-                             "--max_device_batch_size", "16"], env=_env(), capture_output=True, text=True, timeout=600)
-    out, err = parallel.communicate(timeout=600)
+    try:
+        single = subprocess.run([sys.executable, recipe, *args, "--output_dir", str(tmp_path / "one"),
+                                 "--max_device_batch_size", "16"], env=_env(), capture_output=True, text=True,
+                                timeout=600)
+        out, err = parallel.communicate(timeout=600)
+    finally:
+        _stop([parallel])
     assert single.returncode == 0, single.stderr[-3000:]
     assert parallel.returncode == 0, err[-3000:]
     assert "2 process(es)" in out and "1 process(es)" in single.stdout

@@ -234,14 +234,18 @@ def _recipe_in_this_process(args, capsys):
 
     from hf_vit.cli_support import run_command
 
+    from accelerate.state import AcceleratorState, GradientState
+
     main = runpy.run_path(str(ROOT / "recipes" / "pretrain.py"))["main"]
+    AcceleratorState._reset_state(True)  # each run its own Accelerator, as in a new process
+    GradientState._reset_state()
     capsys.readouterr()
     code = run_command(main, [str(arg) for arg in args], prog="pretrain.py")
     return SimpleNamespace(returncode=code, stderr=capsys.readouterr().err)
 
 
 @pytest.mark.recipes
-def test_recipe_user_errors_are_one_line(config, tmp_path, capsys):
+def test_recipe_user_errors_are_one_line(config, tmp_path, capsys, fresh_accelerate_state):
     # As a command (the script's own `sys.exit(run_command(main))`) once; the other cases through the same contract
     # in this process.
     _one_clear_error(_recipe([config, "--learning_rat", "3"]), "unknown argument(s) ['--learning_rat']",

@@ -46,7 +46,7 @@ def native_bf16(device: str | torch.device = "cpu") -> bool:
     """
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.cuda.is_available() and _cuda_native_bf16(device)
     if device.type == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
@@ -59,6 +59,17 @@ def native_bf16(device: str | torch.device = "cpu") -> bool:
         if supported is not None and supported():
             return True
     return _arm_bf16_feature()
+
+
+def _cuda_native_bf16(device: torch.device) -> bool:
+    """Whether the CUDA GPU has bf16 arithmetic (Ampere, compute capability 8.0, or newer). NOTE: torch's
+    `is_bf16_supported()` also says yes where bf16 is only emulated (older GPUs), hence `including_emulation=False`,
+    or the capability on a torch without that argument."""
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.cuda.get_device_capability(index) >= (8, 0)
 
 
 def _arm_bf16_feature() -> bool:
@@ -74,10 +85,15 @@ def emulated_bf16_note(device: str | torch.device) -> str | None:
     """One line for a user who asked for bf16 on a device that only emulates it (`native_bf16`), else None."""
     if native_bf16(device):
         return None
+    device = torch.device(device)
+    lacks = {
+        "cpu": "this CPU has no bf16 instructions (AVX512-BF16, AMX or Arm BF16)",
+        "cuda": "this GPU has no bf16 arithmetic (compute capability 8.0 or newer has it)",
+        "mps": "MPS has bf16 from macOS 14 on",
+    }.get(device.type, "this device has no bf16 arithmetic")
     return (
-        f"bf16 on {str(device)!r}: this device has no bf16 instructions (on a CPU: AVX512-BF16, AMX or Arm BF16), so "
-        "torch emulates bf16 and it runs several times slower than float32 (11x for a training step on an AVX2 CPU); "
-        "float32 is the faster choice here."
+        f"bf16 on {str(device)!r}: {lacks}, so torch emulates bf16 and it runs slower than float32, not faster "
+        "(bench/README.md, \"bf16 without bf16 instructions\"); float32 is the faster choice here."
     )
 
 

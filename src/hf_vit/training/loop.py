@@ -97,14 +97,16 @@ def make_accelerator(args) -> Accelerator:
     )
     device = accelerator.device.type
     if args.mixed_precision == "auto":
-        has = "has bf16 instructions" if mixed_precision == "bf16" else "has no bf16 instructions: float32"
-        accelerator.print(f"mixed_precision auto: {mixed_precision} (the {device} {has})")
+        why = "native bf16" if mixed_precision == "bf16" else "float32: no native bf16"
+        accelerator.print(f"mixed_precision auto -> {mixed_precision} ({why} on {device})")
     elif accelerator.mixed_precision == "bf16":
         from ..export.precision import emulated_bf16_note
 
         note = emulated_bf16_note(accelerator.device)
         if note is not None:
-            advice = "Set `mixed_precision: auto` (or no) to train in float32 here."
+            source = "the recipe's `mixed_precision`" if args.mixed_precision else "the launcher or accelerate config"
+            advice = (f"bf16 comes from {source}: set `mixed_precision: auto` (or no) in the recipe to train in "
+                      "float32 here.")
             accelerator.print(f"warning: mixed precision {note} {advice}", file=sys.stderr)
     return accelerator
 
