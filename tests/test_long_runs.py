@@ -111,26 +111,34 @@ def test_native_bf16_reads_the_cpu(monkeypatch):
     assert native_bf16("meta") is False
 
 
-@pytest.mark.parametrize("emulation_argument", [True, False])
-def test_native_bf16_on_cuda_does_not_count_emulation(monkeypatch, emulation_argument):
-    # torch's is_bf16_supported() says yes for a GPU that only emulates bf16; only bf16 arithmetic counts.
+def test_native_bf16_on_cuda_asks_the_named_gpu_without_emulation(monkeypatch):
+    # torch's is_bf16_supported() says yes for a GPU that only emulates bf16, and asks the current GPU only: a host
+    # with an A100 (cuda:0, bf16 arithmetic) and a T4 (cuda:1, compute capability 7.5, emulation only).
+    import contextlib
+
     import hf_vit.export.precision as precision
 
-    def is_bf16_supported(including_emulation=True):
-        if not emulation_argument:
-            raise TypeError("an older torch: no including_emulation")
-        return including_emulation  # an emulating GPU (compute capability 7.5)
+    native = {0: True, 1: False}
+    current = [0]
+
+    @contextlib.contextmanager
+    def on_device(index):
+        previous, current[0] = current[0], index
+        yield
+        current[0] = previous
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (7, 5))
-    assert precision.native_bf16("cuda") is False
-    note = precision.emulated_bf16_note("cuda:0")
-    assert "GPU" in note and "CPU" not in note
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (8, 0))
-    assert precision.native_bf16("cuda") is True and precision.emulated_bf16_note("cuda") is None
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current[0])
+    monkeypatch.setattr(torch.cuda, "device", on_device)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: including_emulation or native[current[0]])
+    assert precision.native_bf16("cuda:0") is True and precision.native_bf16("cuda") is True
+    assert precision.native_bf16("cuda:1") is False
+    current[0] = 1  # the current GPU is the T4: "cuda" means it
+    assert precision.native_bf16("cuda") is False and precision.native_bf16("cuda:0") is True
+    note = precision.emulated_bf16_note("cuda:1")
+    assert "'cuda:1'" in note and "GPU" in note and "CPU" not in note
+    assert precision.emulated_bf16_note("cuda:0") is None
 
 
 @pytest.mark.recipes

@@ -5,8 +5,10 @@ import json
 import os
 import runpy
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -102,7 +104,7 @@ def test_resume_latest_continues_to_the_uninterrupted_weights(tmp_path):
     try:
         for folder in (reference, resumed):  # side by side
             runs.append(subprocess.Popen(command + ["--output_dir", str(folder)], env=_env(), stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.PIPE, text=True))
+                                         stderr=subprocess.PIPE, text=True, start_new_session=True))
         for run in runs:
             _, err = run.communicate(timeout=600)
             assert run.returncode == 0, err[-3000:]
@@ -125,11 +127,40 @@ def test_resume_latest_continues_to_the_uninterrupted_weights(tmp_path):
 
 
 def _stop(runs):
-    """Kill and reap the runs still alive (a failed assertion or a timeout leaves no orphan process behind)."""
+    """Kill the runs still alive, each with its whole process group (torchrun's workers too; every run here starts
+    its own session), and reap them: a failed assertion or a timeout leaves no orphan process behind."""
     for run in runs:
         if run.poll() is None:
-            run.kill()
-            run.communicate()
+            try:
+                os.killpg(run.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            run.wait()
+        for stream in (run.stdout, run.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def test_stop_leaves_no_child_behind(tmp_path):
+    # A launcher that starts a worker and waits, like torchrun: stopping the launcher stops the worker too.
+    pid_file = tmp_path / "worker.pid"
+    launcher = ("import subprocess, sys, time; worker = subprocess.Popen([sys.executable, '-c', "
+                "'import time; time.sleep(600)']); open(sys.argv[1], 'w').write(str(worker.pid)); worker.wait()")
+    run = subprocess.Popen([sys.executable, "-c", launcher, str(pid_file)], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, start_new_session=True)
+    for _ in range(200):
+        if pid_file.exists() and pid_file.read_text():
+            break
+        time.sleep(0.05)
+    worker = int(pid_file.read_text())
+    _stop([run])
+    assert run.returncode is not None
+    for _ in range(100):  # the worker, killed with its group, is reaped by init
+        if not Path(f"/proc/{worker}").exists() or "zombie" in Path(f"/proc/{worker}/status").read_text().lower():
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"worker {worker} outlived its launcher")
 
 
 @pytest.mark.recipes
@@ -141,6 +172,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", recipe, *args,
          "--output_dir", str(tmp_path / "two")],
         env=_env(ACCELERATE_USE_CPU="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
     )
     try:
         single = subprocess.run([sys.executable, recipe, *args, "--output_dir", str(tmp_path / "one"),

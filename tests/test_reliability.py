@@ -232,9 +232,9 @@ def _recipe_in_this_process(args, capsys):
 
     import runpy
 
-    from hf_vit.cli_support import run_command
-
     from accelerate.state import AcceleratorState, GradientState
+
+    from hf_vit.cli_support import run_command
 
     main = runpy.run_path(str(ROOT / "recipes" / "pretrain.py"))["main"]
     AcceleratorState._reset_state(True)  # each run its own Accelerator, as in a new process

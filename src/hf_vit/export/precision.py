@@ -37,8 +37,9 @@ def best_device() -> str:
 
 def native_bf16(device: str | torch.device = "cpu") -> bool:
     """
-    Whether `device` computes in bf16 natively: a CUDA GPU that supports bf16, MPS on macOS 14 or newer, or a CPU with
-    bf16 instructions (x86: AVX512-BF16 or AMX; Arm: the BF16 extension, `bf16` among /proc/cpuinfo's features).
+    Whether `device` computes in bf16 natively: a CUDA GPU with bf16 arithmetic (compute capability 8.0 or newer), MPS
+    on macOS 14 or newer, or a CPU with bf16 instructions (x86: AVX512-BF16 or AMX; Arm: the BF16 extension, `bf16`
+    among /proc/cpuinfo's features).
 
     NOTE: on other CPUs torch emulates bf16, and it is slower than float32, not faster: on a 2-core AMD EPYC with
     AVX2 only, a training step of the hybrid Fashion-MNIST model ran at 30 images/s under bf16 autocast against 342
@@ -62,14 +63,12 @@ def native_bf16(device: str | torch.device = "cpu") -> bool:
 
 
 def _cuda_native_bf16(device: torch.device) -> bool:
-    """Whether the CUDA GPU has bf16 arithmetic (Ampere, compute capability 8.0, or newer). NOTE: torch's
-    `is_bf16_supported()` also says yes where bf16 is only emulated (older GPUs), hence `including_emulation=False`,
-    or the capability on a torch without that argument."""
-    try:
+    """Whether this CUDA GPU (`device`'s index, else the current one) has bf16 arithmetic (compute capability 8.0 or
+    newer). NOTE: torch's `is_bf16_supported()` also says yes where bf16 is only emulated (older GPUs), and it asks the
+    current GPU only, hence `including_emulation=False` inside `torch.cuda.device(index)`."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    with torch.cuda.device(index):
         return bool(torch.cuda.is_bf16_supported(including_emulation=False))
-    except TypeError:
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        return torch.cuda.get_device_capability(index) >= (8, 0)
 
 
 def _arm_bf16_feature() -> bool:
@@ -82,19 +81,20 @@ def _arm_bf16_feature() -> bool:
 
 
 def emulated_bf16_note(device: str | torch.device) -> str | None:
-    """One line for a user who asked for bf16 on a device that only emulates it (`native_bf16`), else None."""
+    """One line for a user who asked for bf16 on a device without native bf16 (`native_bf16`), else None."""
     if native_bf16(device):
         return None
     device = torch.device(device)
-    lacks = {
-        "cpu": "this CPU has no bf16 instructions (AVX512-BF16, AMX or Arm BF16)",
-        "cuda": "this GPU has no bf16 arithmetic (compute capability 8.0 or newer has it)",
-        "mps": "MPS has bf16 from macOS 14 on",
-    }.get(device.type, "this device has no bf16 arithmetic")
-    return (
-        f"bf16 on {str(device)!r}: {lacks}, so torch emulates bf16 and it runs slower than float32, not faster "
-        "(bench/README.md, \"bf16 without bf16 instructions\"); float32 is the faster choice here."
-    )
+    faster = "float32 is the faster choice here (bench/README.md, \"bf16 without bf16 instructions\")."
+    if device.type == "cpu":
+        return (f"bf16 on 'cpu': this CPU has no bf16 instructions (AVX512-BF16, AMX or Arm BF16), so torch emulates "
+                f"bf16 and it runs slower than float32, not faster; {faster}")
+    if device.type == "cuda":
+        return (f"bf16 on {str(device)!r}: this GPU has no bf16 arithmetic (compute capability 8.0 or newer has it), "
+                "so torch emulates bf16 through float32 and gains nothing over float16 or float32 here.")
+    if device.type == "mps":
+        return "bf16 on 'mps': MPS computes in bf16 from macOS 14 on, and this macOS is older; use float32 here."
+    return f"bf16 on {str(device)!r}: this device has no bf16 arithmetic; use float32."
 
 
 def resolve_device(device: str | None, dtype: str = "float32") -> torch.device:

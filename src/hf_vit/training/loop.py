@@ -104,9 +104,12 @@ def make_accelerator(args) -> Accelerator:
 
         note = emulated_bf16_note(accelerator.device)
         if note is not None:
-            source = "the recipe's `mixed_precision`" if args.mixed_precision else "the launcher or accelerate config"
-            advice = (f"bf16 comes from {source}: set `mixed_precision: auto` (or no) in the recipe to train in "
-                      "float32 here.")
+            if args.mixed_precision:
+                advice = ("bf16 comes from the recipe's `mixed_precision`: set `mixed_precision: auto` (or no) to "
+                          "train in float32.")
+            else:
+                advice = ("bf16 comes from the launcher or accelerate config: launch without `--mixed_precision bf16` "
+                          "(or set the recipe's `mixed_precision: auto`) to train in float32.")
             accelerator.print(f"warning: mixed precision {note} {advice}", file=sys.stderr)
     return accelerator
 
