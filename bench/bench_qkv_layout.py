@@ -20,17 +20,25 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import environment, interleaved_rounds, markdown_table, median, ratio_cell  # noqa: E402
 
+from bench_mae import SIZES  # noqa: E402
+
 from hf_vit import ViTConfig  # noqa: E402
 from hf_vit.modeling_hf_vit import ViTSelfAttention  # noqa: E402
 
-# name -> (batch, tokens, width, heads)
-SHAPES = {
-    "S/16 MAE encoder": (16, 50, 384, 6),
-    "S/16 MAE decoder": (16, 197, 256, 8),
-    "B/16 MAE encoder": (8, 50, 768, 12),
-    "B/16 MAE decoder": (8, 197, 512, 16),
-    "B/16 every patch": (8, 197, 768, 12),
-}
+
+def mae_shapes(mask_ratio: float = 0.75) -> dict[str, tuple[int, int, int, int]]:
+    """name -> (batch, tokens, width, heads): bench_mae.py's encoders on the kept patches and the class token, its
+    decoders on every patch and the class token, and B/16's encoder on every patch (the plain ViT)."""
+    shapes = {}
+    for size, label in (("small", "S/16"), ("b16", "B/16")):
+        encoder, (width, _, heads, _), image_size, batch = SIZES[size]
+        patches = (image_size // encoder["patch_size"]) ** 2
+        kept = max(1, int(patches * (1 - mask_ratio)))
+        hidden, encoder_heads = encoder["hidden_size"], encoder["num_attention_heads"]
+        shapes[f"{label} MAE encoder"] = (batch, kept + 1, hidden, encoder_heads)
+        shapes[f"{label} MAE decoder"] = (batch, patches + 1, width, heads)
+    shapes["B/16 every patch"] = (batch, patches + 1, hidden, encoder_heads)
+    return shapes
 
 
 def split_attention(attention: ViTSelfAttention, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -52,7 +60,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = []
-    for name, (batch, length, width, heads) in SHAPES.items():
+    for name, (batch, length, width, heads) in mae_shapes().items():
         torch.manual_seed(0)
         config = ViTConfig(hidden_size=width, num_attention_heads=heads, intermediate_size=4 * width,
                            attn_implementation="sdpa")

@@ -29,17 +29,20 @@ def _seed():
     yield
 
 
-@pytest.fixture
-def fresh_accelerate_state():
-    """Accelerate keeps one process-wide state; a test that runs a recipe in this process makes its Accelerator from
-    scratch, and leaves none behind."""
+def _reset_accelerate_state() -> None:
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps one process-wide state; a test that runs a recipe in this process makes its Accelerator from
+    scratch, and leaves none behind. Yields the reset, for a test that runs several recipes in turn."""
+    _reset_accelerate_state()
+    yield _reset_accelerate_state
+    _reset_accelerate_state()
 
 
 def pytest_generate_tests(metafunc):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
+from accelerate.state import AcceleratorState
 
 from hf_vit.training import TrainArguments, make_accelerator
 from hf_vit.training.checkpoint import list_checkpoints
@@ -165,8 +165,7 @@ def test_gradient_checkpointing_trains_the_same_weights(tmp_path, fresh_accelera
 
     common = ["--dataset", "digits", "--max_steps", "3", "--batch_size", "32", "--eval_every_steps", "-1", *TINY]
     _pretrain(common + ["--output_dir", str(tmp_path / "plain")])
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    fresh_accelerate_state()
     _pretrain(common + ["--output_dir", str(tmp_path / "checkpointed"), "--gradient_checkpointing"])
     plain = load_file(tmp_path / "plain" / "model.safetensors")
     checkpointed = load_file(tmp_path / "checkpointed" / "model.safetensors")

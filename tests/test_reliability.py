@@ -225,20 +225,17 @@ def test_predict_classifies_every_readable_image_and_fails_at_the_end(model_dir,
     assert "2 of 3 image(s) could not be read" in done.stderr
 
 
-def _recipe_in_this_process(args, capsys):
+def _recipe_in_this_process(args, capsys, reset_accelerate_state):
     """recipes/pretrain.py's `main` under the recipes' error contract (`run_command`), in this process: what `_recipe`
     returns (exit code and stderr) without a new interpreter's start-up (several seconds of imports)."""
     from types import SimpleNamespace
 
     import runpy
 
-    from accelerate.state import AcceleratorState, GradientState
-
     from hf_vit.cli_support import run_command
 
     main = runpy.run_path(str(ROOT / "recipes" / "pretrain.py"))["main"]
-    AcceleratorState._reset_state(True)  # each run its own Accelerator, as in a new process
-    GradientState._reset_state()
+    reset_accelerate_state()  # each run its own Accelerator, as in a new process
     capsys.readouterr()
     code = run_command(main, [str(arg) for arg in args], prog="pretrain.py")
     return SimpleNamespace(returncode=code, stderr=capsys.readouterr().err)
@@ -250,15 +247,18 @@ def test_recipe_user_errors_are_one_line(config, tmp_path, capsys, fresh_acceler
     # in this process.
     _one_clear_error(_recipe([config, "--learning_rat", "3"]), "unknown argument(s) ['--learning_rat']",
                      "did you mean 'learning_rate'")
-    _one_clear_error(_recipe_in_this_process([tmp_path / "missing.yaml"], capsys), "missing.yaml")
+
+    def in_process(*args):
+        return _recipe_in_this_process(args, capsys, fresh_accelerate_state)
+
+    _one_clear_error(in_process(tmp_path / "missing.yaml"), "missing.yaml")
     folder = make_image_folder(tmp_path / "photos", corrupt=("cat1.png",))
-    _one_clear_error(_recipe_in_this_process([config, "--dataset", folder, "--on_bad_image", "fail", "--output_dir",
-                                              tmp_path / "o"], capsys), "unreadable image(s)", "cat1.png")
+    _one_clear_error(in_process(config, "--dataset", folder, "--on_bad_image", "fail", "--output_dir", tmp_path / "o"),
+                     "unreadable image(s)", "cat1.png")
     out = tmp_path / "run"
-    assert _recipe_in_this_process([config, "--output_dir", out, "--max_steps", 4, "--save_every_steps", 2],
-                                   capsys).returncode == 0
-    _one_clear_error(_recipe_in_this_process([config, "--output_dir", out, "--max_steps", 4, "--resume", "latest",
-                                              "--learning_rate", "0.1"], capsys),
+    assert in_process(config, "--output_dir", out, "--max_steps", 4, "--save_every_steps", 2).returncode == 0
+    _one_clear_error(in_process(config, "--output_dir", out, "--max_steps", 4, "--resume", "latest",
+                                "--learning_rate", "0.1"),
                      "Cannot resume", "learning_rate: 0.003 -> 0.1")
 
 

@@ -85,10 +85,10 @@ def emulated_bf16_note(device: str | torch.device) -> str | None:
     if native_bf16(device):
         return None
     device = torch.device(device)
-    faster = "float32 is the faster choice here (bench/README.md, \"bf16 without bf16 instructions\")."
     if device.type == "cpu":
-        return (f"bf16 on 'cpu': this CPU has no bf16 instructions (AVX512-BF16, AMX or Arm BF16), so torch emulates "
-                f"bf16 and it runs slower than float32, not faster; {faster}")
+        return ("bf16 on 'cpu': this CPU has no bf16 instructions (AVX512-BF16, AMX or Arm BF16), so torch emulates "
+                "bf16 and it runs slower than float32, not faster; float32 is the faster choice here (bench/README.md, "
+                "\"bf16 without bf16 instructions\").")
     if device.type == "cuda":
         return (f"bf16 on {str(device)!r}: this GPU has no bf16 arithmetic (compute capability 8.0 or newer has it), "
                 "so torch emulates bf16 through float32 and gains nothing over float16 or float32 here.")
